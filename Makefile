@@ -1,0 +1,69 @@
+# mptcpctl: `make demo` shows the datapath on the netns lab; `make test` runs every test tier.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+MPTCPCTL := $(VENV)/bin/mptcpctl
+KREL := $(shell uname -r)
+APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format
+DEMO_SECONDS ?= 20
+PYTEST_ARGS ?=
+
+.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+deps: deps-system $(VENV)/.installed ## system packages, kernel headers, bpffs, the venv (idempotent)
+
+# Debian packages, kernel headers for BCC and bpffs; quiet when everything is already there.
+deps-system:
+	@missing=""; for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+	@if [ ! -e /lib/modules/$(KREL)/build/include/generated ]; then \
+		if apt-cache show linux-headers-$(KREL) >/dev/null 2>&1; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-$(KREL) >/dev/null || exit 1; \
+		else \
+			dpkg-query -W -f='$${Status}' linux-headers-amd64 2>/dev/null | grep -q "ok installed" || \
+				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-amd64 >/dev/null || exit 1; \
+			hdr=$$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -1); \
+			common=$${hdr%-amd64}-common; \
+			mkdir -p /lib/modules/$(KREL); \
+			ln -sfn $$hdr /lib/modules/$(KREL)/build; ln -sfn $$common /lib/modules/$(KREL)/source; \
+			echo "warning: no headers for kernel $(KREL); linked $$(basename $$hdr) (programs use UAPI only)"; \
+		fi; \
+	fi
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
+	@touch $@
+
+demo: deps ## build the lab, attach the datapath, run a two-path transfer and watch it live
+	@$(PY) -m cli.demo --seconds $(DEMO_SECONDS)
+
+test: deps lint ## every test tier (unit, bpf test-run, lab); MPTCPCTL_REQUIRE_ALL=1 fails on skips
+	@$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-unit: deps ## unit tests only (no root)
+	@$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+
+test-bpf: deps ## BPF test-run table tests
+	@$(PY) -m pytest $(PYTEST_ARGS) tests/bpf
+
+test-lab: deps ## netns lab tests
+	@$(PY) -m pytest $(PYTEST_ARGS) tests/lab
+
+lint: deps ## ruff on Python, clang-format check on bpf/
+	@$(VENV)/bin/ruff check controller cli tests bench
+	@clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
+
+bench: deps ## per-packet cost of the XDP program next to a minimal baseline (bench/results/)
+	@$(PY) -m bench.datapath
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

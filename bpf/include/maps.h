@@ -1,0 +1,60 @@
+/* maps.h: every map of the datapath, each with key, value, who writes and who reads.
+ * The controller pins them under /sys/fs/bpf/mptcpctl/v<ABI>/<netns>/ by these names.
+ * Maps fed from the wire are LRU and bounded: a flood of new 4-tuples evicts, never grows. */
+#ifndef MPTCPCTL_MAPS_H
+#define MPTCPCTL_MAPS_H
+
+#include "abi.h"
+
+#ifndef SUBFLOW_ENTRIES
+#define SUBFLOW_ENTRIES 65536
+#endif
+#ifndef CONN_ENTRIES
+#define CONN_ENTRIES 16384
+#endif
+/* Ring buffer size in pages (4 KiB each): 64 pages hold ~1600 events. */
+#ifndef EVENT_PAGES
+#define EVENT_PAGES 64
+#endif
+
+/* subflows: struct flow_key (local, remote) -> struct subflow_stats.
+ * Written by XDP (ingress) and tc (egress) for every segment carrying an MPTCP option;
+ * read by the controller and the CLI (status, top, lab tests). */
+BPF_TABLE("lru_hash", struct flow_key, struct subflow_stats, subflows, SUBFLOW_ENTRIES);
+
+/* subflow_token: struct flow_key -> __u32 local connection token.
+ * Written by XDP from incoming MP_JOIN SYNs and by the controller for subflows whose token it
+ * computed from MP_CAPABLE keys; read by XDP/tc once per subflow to tie it to its connection. */
+BPF_TABLE("lru_hash", struct flow_key, __u32, subflow_token, SUBFLOW_ENTRIES);
+
+/* conns: __u32 local token -> struct conn_stats, the sum over the connection's subflows.
+ * Written by XDP/tc; read by the controller and the CLI. */
+BPF_TABLE("lru_hash", __u32, struct conn_stats, conns, CONN_ENTRIES);
+
+/* counters: enum counter_idx -> __u64, per CPU. Written by XDP/tc; read by the CLI (summed). */
+BPF_PERCPU_ARRAY(counters, __u64, CNT_MAX);
+
+/* events: struct event records for the controller (keys, joins, address and priority
+ * signals, failures, malformed packets). Written by XDP/tc; read by the controller. */
+BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+/* config: one struct config. Written by the controller; read by XDP/tc on every packet. */
+BPF_ARRAY(config, struct config, 1);
+
+/* decode_out: one struct decode_result, the last packet's decode when config.export_decode
+ * is set. Written by XDP/tc; read by `mptcpctl decode` after each test run. */
+BPF_ARRAY(decode_out, struct decode_result, 1);
+
+/* decode_scratch: per-CPU working copy of struct decode_result when export is off.
+ * Written and read by XDP/tc within one packet only. */
+BPF_PERCPU_ARRAY(decode_scratch, struct decode_result, 1);
+
+/* zero_record: one all-zero record that creates subflows and conns entries (keeps ~330
+ * bytes of zeroes off the 512-byte BPF stack). Never written; read by XDP/tc. */
+union zero_record {
+	struct subflow_stats subflow;
+	struct conn_stats conn;
+};
+BPF_ARRAY(zero_record, union zero_record, 1);
+
+#endif

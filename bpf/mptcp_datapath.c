@@ -1,0 +1,336 @@
+/* mptcp_datapath.c: the XDP (ingress) and tc clsact (egress) entry points and every map call
+ * they make. BCC rewrites map calls only in the main file, so both programs live here and
+ * share one set of maps; parsing is in include/. Never drops or alters traffic. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "include/abi.h"
+#include "include/parse.h"
+#include "include/mptcp_opts.h"
+#include "include/maps.h"
+
+/* MP_CAPABLE flag A: "checksum required" (RFC 8684 §3.1). */
+#define MPC_FLAG_CHECKSUM 0x80
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = counters.lookup(&idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void emit(__u32 type, __u32 dir, __u32 ifindex, struct pkt_info *pi,
+				 struct flow_key *k, struct mptcp_opt *m)
+{
+	struct event *ev = events.ringbuf_reserve(sizeof(struct event));
+	if (!ev) {
+		count(CNT_EVENTS_LOST, 1);
+		return;
+	}
+	ev->type = type;
+	ev->ifindex = ifindex;
+	ev->dir = dir;
+	ev->tcp_flags = pi->tcp_flags;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	ev->ts_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(&ev->flow, k, sizeof(*k));
+	if (m)
+		__builtin_memcpy(&ev->opt, m, sizeof(*m));
+	else
+		__builtin_memset(&ev->opt, 0, sizeof(ev->opt));
+	events.ringbuf_submit(ev, 0);
+}
+
+/* The subflow as this host sees it: ingress packets come from the remote end. */
+static __always_inline void make_key(struct flow_key *k, struct pkt_info *pi, __u32 dir)
+{
+	k->family = pi->family;
+	if (dir == DIR_INGRESS) {
+		k->lport = pi->dport;
+		k->rport = pi->sport;
+		__builtin_memcpy(k->laddr, pi->daddr, 16);
+		__builtin_memcpy(k->raddr, pi->saddr, 16);
+	} else {
+		k->lport = pi->sport;
+		k->rport = pi->dport;
+		__builtin_memcpy(k->laddr, pi->saddr, 16);
+		__builtin_memcpy(k->raddr, pi->daddr, 16);
+	}
+}
+
+static __always_inline void add_dir(struct dir_stats *d, __u32 segs, __u32 payload)
+{
+	__sync_fetch_and_add(&d->packets, segs);
+	__sync_fetch_and_add(&d->bytes, payload);
+}
+
+/* A DSS mapping: count it, and a DSN below the highest seen as a data-level retransmission.
+ * 4-byte DSNs are compared with serial-number arithmetic on the low 32 bits. */
+static __always_inline void note_mapping(struct dir_stats *d, struct mptcp_opt *m)
+{
+	int first = d->dss_mappings == 0;
+	__u64 hi = d->dsn_highest, dsn = m->key_b;
+	__sync_fetch_and_add(&d->dss_mappings, 1);
+	if (first) {
+		d->dsn_highest = dsn;
+	} else if (m->present & DSN64) {
+		if (dsn < hi)
+			__sync_fetch_and_add(&d->data_retrans, 1);
+		else
+			d->dsn_highest = dsn;
+	} else {
+		__s32 delta = (__u32)dsn - (__u32)hi;
+		if (delta < 0)
+			__sync_fetch_and_add(&d->data_retrans, 1);
+		else
+			d->dsn_highest = hi + delta;
+	}
+}
+
+/* The connection of a subflow, once its token is known: from an incoming MP_JOIN SYN, or
+ * from the controller (subflow_token), which derives it from the MP_CAPABLE keys. */
+static __always_inline struct conn_stats *conn_of(struct subflow_stats *s, struct flow_key *k,
+						  union zero_record *zero)
+{
+	if (!(s->flags & SF_HAVE_TOKEN)) {
+		__u32 *tok = subflow_token.lookup(k);
+		if (!tok)
+			return 0;
+		s->token = *tok;
+		s->flags |= SF_HAVE_TOKEN;
+	}
+	__u32 token = s->token;
+	return conns.lookup_or_try_init(&token, &zero->conn);
+}
+
+/* One well-formed MPTCP option of a segment, into its subflow (and connection, if known). */
+static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stats *s,
+					struct conn_stats *c, struct flow_key *k,
+					struct pkt_info *pi, __u32 dir, __u32 ifindex)
+{
+	__u32 slot = subtype_slot(m->subtype);
+	count(CNT_OPT_BASE + slot, 1);
+	__sync_fetch_and_add(&s->opts[slot], 1);
+	switch (slot) {
+	case MPTCP_SUB_CAPABLE:
+		if (m->flags & MPC_FLAG_CHECKSUM)
+			s->flags |= SF_CHECKSUM;
+		/* key_a is always the packet sender's key, key_b the receiver's. */
+		if (m->present & HAS_KEY_A) {
+			if (dir == DIR_EGRESS) {
+				s->local_key = m->key_a;
+				s->flags |= SF_HAVE_LOCAL_KEY;
+			} else {
+				s->remote_key = m->key_a;
+				s->flags |= SF_HAVE_REMOTE_KEY;
+			}
+			emit(EV_MPC_KEYS, dir, ifindex, pi, k, m);
+		}
+		if (m->present & HAS_KEY_B) {
+			if (dir == DIR_EGRESS) {
+				s->remote_key = m->key_b;
+				s->flags |= SF_HAVE_REMOTE_KEY;
+			} else {
+				s->local_key = m->key_b;
+				s->flags |= SF_HAVE_LOCAL_KEY;
+			}
+		}
+		break;
+	case MPTCP_SUB_JOIN:
+		s->flags |= SF_JOIN;
+		if (!(m->present & HAS_WORD))
+			break;
+		/* SYN: the token names the receiver's connection. */
+		if (dir == DIR_INGRESS) {
+			__u32 tok = m->word;
+			s->token = tok;
+			s->flags |= SF_HAVE_TOKEN;
+			subflow_token.update(k, &tok);
+		} else {
+			s->remote_token = m->word;
+			s->flags |= SF_HAVE_REMOTE_TOKEN;
+		}
+		if (m->flags & 1)
+			s->flags |= SF_BACKUP;
+		emit(EV_JOIN_SYN, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_DSS:
+		if (m->present & HAS_KEY_B)
+			note_mapping(&s->dir[dir & 1], m);
+		break;
+	case MPTCP_SUB_ADD_ADDR:
+		emit(EV_ADD_ADDR, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_REMOVE_ADDR:
+		emit(EV_REMOVE_ADDR, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_PRIO:
+		if (m->flags & 1)
+			s->flags |= SF_BACKUP;
+		else
+			s->flags &= ~SF_BACKUP;
+		emit(EV_MP_PRIO, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_FAIL:
+		if (c)
+			__sync_fetch_and_add(&c->mp_fail, 1);
+		emit(EV_MP_FAIL, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_FASTCLOSE:
+		if (c)
+			__sync_fetch_and_add(&c->fastclose, 1);
+		emit(EV_FASTCLOSE, dir, ifindex, pi, k, m);
+		break;
+	case MPTCP_SUB_TCPRST:
+		if (c)
+			__sync_fetch_and_add(&c->tcprst, 1);
+		emit(EV_TCPRST, dir, ifindex, pi, k, m);
+		break;
+	default:
+		count(CNT_UNKNOWN, 1);
+		break;
+	}
+}
+
+/* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options. */
+static __always_inline void account(struct decode_result *r, struct pkt_info *pi, __u32 dir,
+				    __u32 segs, __u32 ifindex)
+{
+	struct flow_key k = {};
+	make_key(&k, pi, dir);
+	__u32 idx0 = 0;
+	union zero_record *zero = zero_record.lookup(&idx0);
+	if (!zero)
+		return;
+	struct subflow_stats *s = subflows.lookup_or_try_init(&k, &zero->subflow);
+	if (!s)
+		return;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (!s->first_ns)
+		s->first_ns = now;
+	s->last_ns = now;
+	s->ifindex = ifindex;
+	add_dir(&s->dir[dir & 1], segs, pi->payload);
+
+	struct conn_stats *c = conn_of(s, &k, zero);
+	if (c) {
+		if (!c->first_ns)
+			c->first_ns = now;
+		c->last_ns = now;
+		add_dir(&c->dir[dir & 1], segs, pi->payload);
+	}
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < MAX_DECODED_OPTS; i++) {
+		if (i >= r->nopts)
+			break;
+		account_opt(&r->opts[i], s, c, &k, pi, dir, ifindex);
+	}
+}
+
+/* Where this packet's decode goes: the exported slot when `mptcpctl decode` asked for it,
+ * else a per-CPU scratch copy. */
+static __always_inline struct decode_result *result_slot(int *export)
+{
+	__u32 zero = 0;
+	struct config *cfg = config.lookup(&zero);
+	*export = cfg && cfg->export_decode;
+	if (*export)
+		return decode_out.lookup(&zero);
+	return decode_scratch.lookup(&zero);
+}
+
+static __always_inline void export_header(struct decode_result *r, struct pkt_info *pi)
+{
+	r->parsed = 1;
+	r->family = pi->family;
+	r->tcp_flags = pi->tcp_flags;
+	r->sport = bpf_ntohs(pi->sport);
+	r->dport = bpf_ntohs(pi->dport);
+	r->payload = pi->payload;
+	__builtin_memcpy(r->saddr, pi->saddr, 16);
+	__builtin_memcpy(r->daddr, pi->daddr, 16);
+}
+
+/* The whole per-packet path, shared by both programs. is_xdp is a constant after inlining,
+ * so each program keeps only its own helper call. */
+static __always_inline void handle(void *ctx, void *data, void *data_end, int is_xdp, __u32 dir,
+				   __u32 segs, __u32 ifindex)
+{
+	count(CNT_PACKETS, 1);
+	int export = 0;
+	struct decode_result *r = result_slot(&export);
+	if (!r)
+		return;
+	if (export) {
+		r->parsed = 0;
+		r->malformed = 0;
+		r->nopts = 0;
+	}
+	struct pkt_info pi = {};
+	int rc = parse_to_tcp(data, data_end, &pi);
+	if (rc == PARSE_STOP) {
+		count(CNT_NOT_PARSED, 1);
+		return;
+	}
+	if (rc == PARSE_BAD) {
+		count(CNT_MALFORMED, 1);
+		if (export)
+			r->malformed = 1;
+		return;
+	}
+	count(CNT_TCP, 1);
+	if (export)
+		export_header(r, &pi);
+	/* TCP options come in 4-byte words: 4..40 bytes, or none. */
+	__u64 optlen = pi.opt_len;
+	if (optlen > TCP_OPT_SPACE)
+		return;
+	/* Keep clang from fusing the two bounds into one test the verifier cannot follow. */
+	asm volatile("" : "+r"(optlen));
+	if (optlen < 4)
+		return;
+	struct opt_buf ob = {};
+	__u32 opt_off = pi.tcp_off + 20;
+	long err;
+	if (is_xdp)
+		err = bpf_xdp_load_bytes(ctx, opt_off, ob.b, optlen);
+	else
+		err = bpf_skb_load_bytes(ctx, opt_off, ob.b, optlen);
+	if (err)
+		return;
+	int walk = walk_options(&ob, optlen, r);
+	if (walk != WALK_OK) {
+		count(CNT_MALFORMED, 1);
+		if (export)
+			r->malformed = 1;
+		struct flow_key k = {};
+		make_key(&k, &pi, dir);
+		emit(EV_MALFORMED, dir, ifindex, &pi, &k, 0);
+		return;
+	}
+	if (r->nopts == 0)
+		return;
+	count(CNT_MPTCP, 1);
+	account(r, &pi, dir, segs, ifindex);
+}
+
+int mptcp_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	handle(ctx, data, data_end, 1, DIR_INGRESS, 1, ctx->ingress_ifindex);
+	return XDP_PASS;
+}
+
+int mptcp_tc(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+	handle(skb, data, data_end, 0, DIR_EGRESS, segs, skb->ifindex);
+	return TC_ACT_OK;
+}

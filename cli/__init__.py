@@ -1,0 +1,1 @@
+"""mptcpctl command-line interface (click + rich)."""

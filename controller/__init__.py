@@ -1,0 +1,1 @@
+"""mptcpctl controller: datapath loader, lab, decoders, and (later) the path manager."""

@@ -1,0 +1,366 @@
+"""The BPF datapath from Python: compile and load bpf/mptcp_datapath.c with BCC, attach it
+(XDP ingress + tc clsact egress) and detach it, pin and open its maps, run it on packets with
+BPF_PROG_TEST_RUN (decode, tests, benchmarks)."""
+
+import contextlib
+import ctypes as C
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import abi, netns
+from .errors import BadInput, DatapathError, MissingFeature
+from .libbpf import PinnedMap, pin, test_run
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCE = BPF_DIR / "mptcp_datapath.c"
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "mptcpctl" / f"v{abi.MPTCPCTL_ABI}"
+RUN_ROOT = Path("/run/mptcpctl")
+# Maps pinned at attach, by name; what readers open.
+PINNED_MAPS = ("subflows", "subflow_token", "conns", "counters", "events", "config")
+# tc filter priority and handle of our egress classifier (so detach removes only ours).
+TC_PRIO = 0xC0DE
+TC_HANDLE = 0xC0DE
+TC_EGRESS_PARENT = 0xFFFFFFF3
+# Largest linear frame XDP test-run accepts is one page minus head/tail room; longer frames
+# are cut (the IP length fields still give the payload size).
+TEST_RUN_MAX = 3000
+
+
+def scope_name(ns: str | None) -> str:
+    """Name under which a namespace's pins and run files live ("init" for the host's)."""
+    return ns or "init"
+
+
+def pin_dir(ns: str | None) -> Path:
+    return PIN_ROOT / scope_name(ns)
+
+
+def state_file(ns: str | None) -> Path:
+    return RUN_ROOT / scope_name(ns) / "datapath.json"
+
+
+def require_bpf() -> None:
+    """Fail with MissingFeature unless BCC imports and bpffs can be used."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        raise MissingFeature(
+            "BCC is not importable: install python3-bpfcc and use a venv with "
+            "--system-site-packages (make deps)"
+        ) from e
+    if os.geteuid() != 0:
+        raise MissingFeature("loading BPF programs needs root")
+
+
+def ensure_bpffs() -> None:
+    if os.path.ismount(BPFFS):
+        return
+    BPFFS.mkdir(parents=True, exist_ok=True)
+    rc = os.system(f"mount -t bpf bpf {BPFFS} >/dev/null 2>&1")
+    if rc != 0:
+        raise MissingFeature(f"bpffs is not mounted at {BPFFS} and mounting it failed")
+
+
+class Program:
+    """One compiled instance of the datapath: both programs and their (private) maps."""
+
+    def __init__(self, cflags: list[str] | None = None):
+        require_bpf()
+        from bcc import BPF
+
+        self._BPF = BPF
+        flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *(cflags or [])]
+        try:
+            with _quiet_stderr():
+                self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=flags)
+            self.xdp = self.bpf.load_func(b"mptcp_xdp", BPF.XDP)
+            self.tc = self.bpf.load_func(b"mptcp_tc", BPF.SCHED_CLS)
+        except Exception as e:  # BCC raises bare Exception for compile and verifier errors
+            raise DatapathError(f"loading the BPF datapath failed: {e}") from e
+
+    def map_fd(self, name: str) -> int:
+        return self.bpf[name.encode()].map_fd
+
+    def map(self, name: str, key_type, value_type, percpu: bool = False) -> PinnedMap:
+        """The map as a PinnedMap view (shares BCC's fd; do not close)."""
+        return PinnedMap(self.map_fd(name), key_type, value_type, percpu)
+
+    def set_config(self, **fields) -> None:
+        cfg = abi.Config(**fields)
+        self.map("config", C.c_uint32, abi.Config).update(C.c_uint32(0), cfg)
+
+    def run_xdp(self, frame: bytes, repeat: int = 1):
+        """(verdict, ns per run) of the XDP program on one frame."""
+        retval, ns, _ = test_run(self.xdp.fd, frame[:TEST_RUN_MAX], repeat)
+        return retval, ns
+
+    def run_tc(self, frame: bytes, repeat: int = 1):
+        retval, ns, _ = test_run(self.tc.fd, frame[:TEST_RUN_MAX], repeat)
+        return retval, ns
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.bpf.cleanup()
+
+
+class Decoder:
+    """Runs frames through a private instance of the XDP program with decode export on and
+    returns what it decoded (abi.DecodeResult). Shares no map with an attached datapath."""
+
+    def __init__(self):
+        self.prog = Program()
+        self.prog.set_config(export_decode=1)
+        self.out = self.prog.map("decode_out", C.c_uint32, abi.DecodeResult)
+
+    def decode(self, frame: bytes) -> tuple[int, abi.DecodeResult]:
+        verdict, _ = self.prog.run_xdp(frame)
+        res = self.out.lookup(C.c_uint32(0))
+        if res is None:
+            raise DatapathError("decode_out map lookup failed")
+        return verdict, res
+
+    def close(self) -> None:
+        self.prog.close()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """BCC prints compiler warnings straight to fd 2; keep them off the user's terminal unless
+    MPTCPCTL_DEBUG is set."""
+    if os.environ.get("MPTCPCTL_DEBUG"):
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# --- attach / detach -------------------------------------------------------------------------
+
+
+@dataclass
+class IfaceState:
+    name: str
+    ifindex: int
+    xdp_flags: int
+    added_clsact: bool
+
+
+@dataclass
+class AttachState:
+    netns: str | None
+    pin_dir: str
+    ifaces: list[IfaceState] = field(default_factory=list)
+
+    def save(self) -> None:
+        path = state_file(self.netns)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "netns": self.netns,
+            "pin_dir": self.pin_dir,
+            "ifaces": [vars(i) for i in self.ifaces],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, ns: str | None) -> "AttachState | None":
+        path = state_file(ns)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(data["netns"], data["pin_dir"], [IfaceState(**i) for i in data["ifaces"]])
+
+
+def is_attached(ns: str | None) -> bool:
+    return state_file(ns).exists() or pin_dir(ns).exists()
+
+
+def attach(ifaces: list[str], ns: str | None = None, xdp_flags: int = 0) -> AttachState:
+    """Load the datapath and attach it to `ifaces` in namespace `ns` (None: this one).
+    On any failure, everything done so far is undone before the error propagates."""
+    if not ifaces:
+        raise BadInput("no interface given (use --iface IF)")
+    if len(set(ifaces)) != len(ifaces):
+        raise BadInput("an interface is given twice")
+    if is_attached(ns):
+        where = f"netns {ns}" if ns else "this namespace"
+        raise BadInput(f"the datapath is already attached in {where}; run `mptcpctl detach` first")
+    require_bpf()
+    ensure_bpffs()
+    with netns.entered(ns):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            indexes = []
+            for name in ifaces:
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    raise BadInput(f"no interface named {name!r}" + (f" in netns {ns}" if ns else ""))
+                indexes.append(found[0])
+            prog = Program()
+            state = AttachState(ns, str(pin_dir(ns)))
+            try:
+                _pin_maps(prog, pin_dir(ns))
+                state.save()
+                for name, idx in zip(ifaces, indexes, strict=True):
+                    state.ifaces.append(_attach_one(ipr, prog, name, idx, xdp_flags))
+                    state.save()
+            except BaseException:
+                _detach_state(ipr, state)
+                raise
+            finally:
+                prog.close()
+    return state
+
+
+def _attach_one(ipr, prog: Program, name: str, idx: int, xdp_flags: int) -> IfaceState:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    if _xdp_prog_id(ipr, idx):
+        raise BadInput(f"{name} already has an XDP program (not ours?); detach it first")
+    try:
+        prog._BPF.attach_xdp(name.encode(), prog.xdp, xdp_flags)
+    except Exception as e:
+        raise DatapathError(f"attaching XDP to {name} failed: {e}") from e
+    added = False
+    try:
+        ipr.tc("add", "clsact", idx)
+        added = True
+    except NetlinkError as e:
+        if e.code != 17:  # EEXIST: the user's clsact qdisc; we add our filter to it
+            _xdp_remove(prog._BPF, name, xdp_flags)
+            raise DatapathError(f"adding clsact to {name} failed: {e}") from e
+    state = IfaceState(name, idx, xdp_flags, added)
+    try:
+        ipr.tc(
+            "add-filter", "bpf", idx, handle=TC_HANDLE, fd=prog.tc.fd, name="mptcpctl",
+            parent=TC_EGRESS_PARENT, prio=TC_PRIO, classid=1, direct_action=True,
+        )
+    except NetlinkError as e:
+        _detach_iface(ipr, state)
+        raise DatapathError(f"attaching the tc egress filter to {name} failed: {e}") from e
+    return state
+
+
+def _xdp_prog_id(ipr, idx: int) -> int:
+    link = ipr.get_links(idx)[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return 0
+    return xdp.get_attr("IFLA_XDP_PROG_ID") or 0
+
+
+def _xdp_remove(BPF, name: str, flags: int) -> None:
+    with contextlib.suppress(Exception):
+        BPF.remove_xdp(name.encode(), flags)
+
+
+def _detach_iface(ipr, st: IfaceState) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from bcc import BPF
+
+    if ipr.link_lookup(ifname=st.name):
+        _xdp_remove(BPF, st.name, st.xdp_flags)
+        with contextlib.suppress(NetlinkError):
+            if st.added_clsact:
+                ipr.tc("del", "clsact", st.ifindex)
+            else:
+                ipr.tc("del-filter", "bpf", st.ifindex, handle=TC_HANDLE,
+                       parent=TC_EGRESS_PARENT, prio=TC_PRIO)
+
+
+def _detach_state(ipr, state: AttachState) -> None:
+    for st in reversed(state.ifaces):
+        _detach_iface(ipr, st)
+    shutil.rmtree(state.pin_dir, ignore_errors=True)
+    _remove_empty_parents(Path(state.pin_dir))
+    with contextlib.suppress(FileNotFoundError):
+        state_file(state.netns).unlink()
+    _remove_empty_parents(state_file(state.netns).parent, stop=RUN_ROOT.parent)
+
+
+def _remove_empty_parents(path: Path, stop: Path = BPFFS) -> None:
+    path = path if path.is_dir() else path.parent
+    while path != stop and str(path).startswith(str(stop)):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def detach(ns: str | None = None) -> bool:
+    """Detach what `attach` attached in `ns`; also cleans stale pins. True if anything was
+    attached. Interfaces that vanished meanwhile (a deleted namespace) are skipped."""
+    state = AttachState.load(ns)
+    if state is None and not pin_dir(ns).exists():
+        return False
+    if ns and not netns.exists(ns):
+        # The namespace is gone, and with it its interfaces and programs: only files remain.
+        state = state or AttachState(ns, str(pin_dir(ns)))
+        state.ifaces = []
+        _detach_state(None, state)
+        return True
+    with netns.entered(ns):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            _detach_state(ipr, state or AttachState(ns, str(pin_dir(ns))))
+    return True
+
+
+def _pin_maps(prog: Program, where: Path) -> None:
+    if where.exists():
+        # BCC would silently reuse a stale pin of an older load: never keep one.
+        shutil.rmtree(where)
+    where.mkdir(parents=True)
+    for name in PINNED_MAPS:
+        pin(prog.map_fd(name), str(where / name))
+
+
+# --- readers of the pinned maps --------------------------------------------------------------
+
+
+class PinnedDatapath:
+    """Read-side view of an attached datapath's pinned maps (status, top, tests)."""
+
+    def __init__(self, ns: str | None = None):
+        where = pin_dir(ns)
+        if not where.exists():
+            raise BadInput(
+                "the datapath is not attached" + (f" in netns {ns}" if ns else "")
+                + " (run `mptcpctl attach --iface IF`)"
+            )
+        self.subflows = PinnedMap.open(str(where / "subflows"), abi.FlowKey, abi.SubflowStats)
+        self.subflow_token = PinnedMap.open(str(where / "subflow_token"), abi.FlowKey, C.c_uint32)
+        self.conns = PinnedMap.open(str(where / "conns"), C.c_uint32, abi.ConnStats)
+        self.counters = PinnedMap.open(str(where / "counters"), C.c_uint32, C.c_uint64, percpu=True)
+
+    def counter_values(self) -> dict[str, int]:
+        out = {}
+        for c in abi.Counter:
+            if c in (abi.Counter.CNT_OPT_BASE, abi.Counter.CNT_MAX):
+                continue
+            vals = self.counters.lookup(C.c_uint32(c))
+            out[c.name.removeprefix("CNT_").lower()] = sum(v.value for v in vals) if vals else 0
+        for s in abi.Subtype:
+            vals = self.counters.lookup(C.c_uint32(abi.Counter.CNT_OPT_BASE + s))
+            out[f"opt_{s.name.lower()}"] = sum(v.value for v in vals) if vals else 0
+        return out
+
+    def close(self) -> None:
+        for m in (self.subflows, self.subflow_token, self.conns, self.counters):
+            m.close()
