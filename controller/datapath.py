@@ -355,10 +355,10 @@ class PinnedDatapath:
             if c in (abi.Counter.CNT_OPT_BASE, abi.Counter.CNT_MAX):
                 continue
             vals = self.counters.lookup(C.c_uint32(c))
-            out[c.name.removeprefix("CNT_").lower()] = sum(v.value for v in vals) if vals else 0
+            out[c.name.removeprefix("CNT_").lower()] = sum(vals) if vals else 0
         for s in abi.Subtype:
             vals = self.counters.lookup(C.c_uint32(abi.Counter.CNT_OPT_BASE + s))
-            out[f"opt_{s.name.lower()}"] = sum(v.value for v in vals) if vals else 0
+            out[f"opt_{s.name.lower()}"] = sum(vals) if vals else 0
         return out
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+# Benchmarks: per-packet cost of the BPF datapath (`make bench`; results in bench/results/).
