@@ -112,7 +112,7 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 					struct conn_stats *c, struct flow_key *k,
 					struct pkt_info *pi, __u32 dir, __u32 ifindex)
 {
-	__u32 slot = subtype_slot(m->subtype);
+	__u32 slot = subtype_slot(m->subtype), ev = 0;
 	count(CNT_OPT_BASE + slot, 1);
 	__sync_fetch_and_add(&s->opts[slot], 1);
 	switch (slot) {
@@ -128,7 +128,7 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 				s->remote_key = m->key_a;
 				s->flags |= SF_HAVE_REMOTE_KEY;
 			}
-			emit(EV_MPC_KEYS, dir, ifindex, pi, k, m);
+			ev = EV_MPC_KEYS;
 		}
 		if (m->present & HAS_KEY_B) {
 			if (dir == DIR_EGRESS) {
@@ -156,44 +156,46 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 		}
 		if (m->flags & 1)
 			s->flags |= SF_BACKUP;
-		emit(EV_JOIN_SYN, dir, ifindex, pi, k, m);
+		ev = EV_JOIN_SYN;
 		break;
 	case MPTCP_SUB_DSS:
 		if (m->present & HAS_KEY_B)
 			note_mapping(&s->dir[dir & 1], m);
 		break;
 	case MPTCP_SUB_ADD_ADDR:
-		emit(EV_ADD_ADDR, dir, ifindex, pi, k, m);
+		ev = EV_ADD_ADDR;
 		break;
 	case MPTCP_SUB_REMOVE_ADDR:
-		emit(EV_REMOVE_ADDR, dir, ifindex, pi, k, m);
+		ev = EV_REMOVE_ADDR;
 		break;
 	case MPTCP_SUB_PRIO:
 		if (m->flags & 1)
 			s->flags |= SF_BACKUP;
 		else
 			s->flags &= ~SF_BACKUP;
-		emit(EV_MP_PRIO, dir, ifindex, pi, k, m);
+		ev = EV_MP_PRIO;
 		break;
 	case MPTCP_SUB_FAIL:
 		if (c)
 			__sync_fetch_and_add(&c->mp_fail, 1);
-		emit(EV_MP_FAIL, dir, ifindex, pi, k, m);
+		ev = EV_MP_FAIL;
 		break;
 	case MPTCP_SUB_FASTCLOSE:
 		if (c)
 			__sync_fetch_and_add(&c->fastclose, 1);
-		emit(EV_FASTCLOSE, dir, ifindex, pi, k, m);
+		ev = EV_FASTCLOSE;
 		break;
 	case MPTCP_SUB_TCPRST:
 		if (c)
 			__sync_fetch_and_add(&c->tcprst, 1);
-		emit(EV_TCPRST, dir, ifindex, pi, k, m);
+		ev = EV_TCPRST;
 		break;
 	default:
 		count(CNT_UNKNOWN, 1);
 		break;
 	}
+	if (ev)
+		emit(ev, dir, ifindex, pi, k, m);
 }
 
 /* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options. */

@@ -36,18 +36,18 @@ enum mptcp_subtype {
 
 /* struct mptcp_opt.present: which fields of the decoded option are valid. */
 enum opt_present {
-	HAS_KEY_A = 1 << 0,     /* key_a */
-	HAS_KEY_B = 1 << 1,     /* key_b */
-	HAS_WORD = 1 << 2,      /* word */
-	HAS_NONCE = 1 << 3,     /* nonce */
-	HAS_DATA_LEN = 1 << 4,  /* data_len */
-	HAS_CHECKSUM = 1 << 5,  /* checksum */
-	HAS_PORT = 1 << 6,      /* port */
-	HAS_ADDR_ID = 1 << 7,   /* addr_id */
-	HAS_DATA = 1 << 8,      /* data[0..n) */
-	HAS_ADDR = 1 << 9,      /* addr (4 or 16 bytes, by version) */
-	ACK64 = 1 << 10,        /* DSS: data ack was 8 bytes */
-	DSN64 = 1 << 11,        /* DSS: DSN was 8 bytes */
+	HAS_KEY_A = 1 << 0,    /* key_a */
+	HAS_KEY_B = 1 << 1,    /* key_b */
+	HAS_WORD = 1 << 2,     /* word */
+	HAS_NONCE = 1 << 3,    /* nonce */
+	HAS_DATA_LEN = 1 << 4, /* data_len */
+	HAS_CHECKSUM = 1 << 5, /* checksum */
+	HAS_PORT = 1 << 6,     /* port */
+	HAS_ADDR_ID = 1 << 7,  /* addr_id */
+	HAS_DATA = 1 << 8,     /* data[0..n) */
+	HAS_ADDR = 1 << 9,     /* addr (4 or 16 bytes, by version) */
+	ACK64 = 1 << 10,       /* DSS: data ack was 8 bytes */
+	DSN64 = 1 << 11,       /* DSS: DSN was 8 bytes */
 };
 
 /* DSS flag bits (RFC 8684 §3.3): F m M a A from bit 4 down to bit 0. */
@@ -70,13 +70,13 @@ enum opt_present {
  *   MP_TCPRST    flags(U V W T), reason
  *   UNKNOWN      data=the whole option, kind and length included (n) */
 struct mptcp_opt {
-	__u8 subtype;   /* 4-bit wire subtype */
-	__u8 len;       /* the option's length byte */
-	__u8 flags;     /* the subtype's flag bits, as on the wire */
-	__u8 version;   /* MP_CAPABLE version; ADD_ADDR address family 4 or 6 */
-	__u8 addr_id;   /* MP_JOIN / ADD_ADDR / MP_PRIO address id */
-	__u8 n;         /* bytes valid in data[] */
-	__u16 present;  /* enum opt_present bits */
+	__u8 subtype;  /* 4-bit wire subtype */
+	__u8 len;      /* the option's length byte */
+	__u8 flags;    /* the subtype's flag bits, as on the wire */
+	__u8 version;  /* MP_CAPABLE version; ADD_ADDR address family 4 or 6 */
+	__u8 addr_id;  /* MP_JOIN / ADD_ADDR / MP_PRIO address id */
+	__u8 n;        /* bytes valid in data[] */
+	__u16 present; /* enum opt_present bits */
 	__u64 key_a;
 	__u64 key_b;
 	__u32 word;
@@ -84,8 +84,8 @@ struct mptcp_opt {
 	__u16 data_len;
 	__u16 checksum;
 	__u16 port;
-	__u8 reason;    /* MP_TCPRST reason code */
-	__u8 offset;    /* offset of the option from the start of the TCP options */
+	__u8 reason; /* MP_TCPRST reason code */
+	__u8 offset; /* offset of the option from the start of the TCP options */
 	__u8 addr[16];
 	__u8 data[OPT_DATA_LEN];
 };
@@ -114,11 +114,11 @@ enum subflow_flags {
 
 /* Per-direction counters of one subflow; [0] ingress (XDP), [1] egress (tc). */
 struct dir_stats {
-	__u64 packets;       /* segments (GSO super-packets count as their gso_segs) */
-	__u64 bytes;         /* TCP payload bytes, as ss -ti bytes_sent/bytes_received count */
-	__u64 dss_mappings;  /* DSS options carrying a mapping */
-	__u64 data_retrans;  /* mappings whose DSN was below the highest seen */
-	__u64 dsn_highest;   /* highest DSN seen (8-byte DSNs, or the 4-byte value widened) */
+	__u64 packets;      /* segments (GSO super-packets count as their gso_segs) */
+	__u64 bytes;        /* TCP payload bytes, as ss -ti bytes_sent/bytes_received count */
+	__u64 dss_mappings; /* DSS options carrying a mapping */
+	__u64 data_retrans; /* mappings whose DSN was below the highest seen */
+	__u64 dsn_highest;  /* highest DSN seen (8-byte DSNs, or the 4-byte value widened) */
 };
 
 /* Value of the subflows map. */
@@ -127,48 +127,48 @@ struct subflow_stats {
 	__u64 opts[MPTCP_SUB_SLOTS]; /* MPTCP options seen, by subtype, both directions */
 	__u64 local_key;             /* from MP_CAPABLE */
 	__u64 remote_key;
-	__u64 first_ns;              /* bpf_ktime_get_ns() of first and last packet */
+	__u64 first_ns; /* bpf_ktime_get_ns() of first and last packet */
 	__u64 last_ns;
-	__u32 token;                 /* local connection token (ss -M), see SF_HAVE_TOKEN */
+	__u32 token; /* local connection token (ss -M), see SF_HAVE_TOKEN */
 	__u32 remote_token;
-	__u32 flags;                 /* enum subflow_flags */
-	__u32 ifindex;               /* interface of the last packet */
+	__u32 flags;   /* enum subflow_flags */
+	__u32 ifindex; /* interface of the last packet */
 };
 
 /* Value of the conns map (key: local token). */
 struct conn_stats {
 	struct dir_stats dir[2];
-	__u64 mp_fail;    /* packets carrying MP_FAIL */
-	__u64 fastclose;  /* packets carrying MP_FASTCLOSE */
-	__u64 tcprst;     /* packets carrying MP_TCPRST */
+	__u64 mp_fail;   /* packets carrying MP_FAIL */
+	__u64 fastclose; /* packets carrying MP_FASTCLOSE */
+	__u64 tcprst;    /* packets carrying MP_TCPRST */
 	__u64 first_ns;
 	__u64 last_ns;
 };
 
 /* Global per-CPU counters: index of the counters map. */
 enum counter_idx {
-	CNT_PACKETS = 0,      /* every packet the programs saw */
-	CNT_TCP = 1,          /* TCP segments parsed */
-	CNT_MPTCP = 2,        /* segments with at least one MPTCP option */
-	CNT_MALFORMED = 3,    /* packets whose headers or options broke the rules */
-	CNT_UNKNOWN = 4,      /* MPTCP options of an unknown subtype */
-	CNT_EVENTS_LOST = 5,  /* ring buffer full */
-	CNT_NOT_PARSED = 6,   /* non-IP, non-TCP, fragments: passed untouched */
-	CNT_OPT_BASE = 8,     /* + enum mptcp_subtype: options seen by subtype */
+	CNT_PACKETS = 0,     /* every packet the programs saw */
+	CNT_TCP = 1,         /* TCP segments parsed */
+	CNT_MPTCP = 2,       /* segments with at least one MPTCP option */
+	CNT_MALFORMED = 3,   /* packets whose headers or options broke the rules */
+	CNT_UNKNOWN = 4,     /* MPTCP options of an unknown subtype */
+	CNT_EVENTS_LOST = 5, /* ring buffer full */
+	CNT_NOT_PARSED = 6,  /* non-IP, non-TCP, fragments: passed untouched */
+	CNT_OPT_BASE = 8,    /* + enum mptcp_subtype: options seen by subtype */
 	CNT_MAX = 18,
 };
 
 /* Ring buffer event types. */
 enum event_type {
-	EV_MPC_KEYS = 1,   /* MP_CAPABLE carrying a key (SYN/ACK, third ACK, first data) */
-	EV_JOIN_SYN = 2,   /* MP_JOIN SYN: token + nonce */
+	EV_MPC_KEYS = 1, /* MP_CAPABLE carrying a key (SYN/ACK, third ACK, first data) */
+	EV_JOIN_SYN = 2, /* MP_JOIN SYN: token + nonce */
 	EV_ADD_ADDR = 3,
 	EV_REMOVE_ADDR = 4,
 	EV_MP_PRIO = 5,
 	EV_MP_FAIL = 6,
 	EV_FASTCLOSE = 7,
 	EV_TCPRST = 8,
-	EV_MALFORMED = 9,  /* opt holds the option decoded so far, if any */
+	EV_MALFORMED = 9, /* opt holds the option decoded so far, if any */
 };
 
 /* Direction of a packet: which program saw it. */
@@ -178,9 +178,9 @@ enum direction {
 };
 
 struct event {
-	__u32 type;      /* enum event_type */
+	__u32 type; /* enum event_type */
 	__u32 ifindex;
-	__u8 dir;        /* enum direction */
+	__u8 dir; /* enum direction */
 	__u8 tcp_flags;
 	__u8 pad[6];
 	__u64 ts_ns;
@@ -191,15 +191,15 @@ struct event {
 /* What the program decoded from one packet; written to the decode_out map only when
  * config.export_decode is set (mptcpctl decode). Addresses and ports in wire order. */
 struct decode_result {
-	__u8 parsed;      /* 1 when an IPv4/IPv6 TCP header was found */
+	__u8 parsed; /* 1 when an IPv4/IPv6 TCP header was found */
 	__u8 malformed;
 	__u8 family;
-	__u8 tcp_flags;   /* FIN SYN RST PSH ACK URG ECE CWR from bit 0 */
-	__u8 nopts;       /* options decoded in opts[] */
-	__u8 nspans;      /* MPTCP options found by the walk (span_at/span_len) */
-	__u16 sport;      /* host byte order */
+	__u8 tcp_flags; /* FIN SYN RST PSH ACK URG ECE CWR from bit 0 */
+	__u8 nopts;     /* options decoded in opts[] */
+	__u8 nspans;    /* MPTCP options found by the walk (span_at/span_len) */
+	__u16 sport;    /* host byte order */
 	__u16 dport;
-	__u16 payload;    /* TCP payload bytes by the IP length fields */
+	__u16 payload; /* TCP payload bytes by the IP length fields */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u8 span_at[16]; /* offset and length of each MPTCP option found by the walk */

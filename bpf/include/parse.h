@@ -30,13 +30,13 @@ struct cursor {
 struct pkt_info {
 	__u8 family;
 	__u8 tcp_flags;
-	__u16 sport;      /* network byte order */
+	__u16 sport; /* network byte order */
 	__u16 dport;
-	__u16 payload;    /* TCP payload bytes by the IP length fields */
-	__u32 l3_len;     /* IP total length (IPv6: payload length + 40) */
-	__u32 l3_hdrs;    /* bytes from the IP header to the end of the extension headers */
-	__u32 tcp_off;    /* offset of the TCP header from the packet start */
-	__u32 opt_len;    /* bytes of TCP options */
+	__u16 payload; /* TCP payload bytes by the IP length fields */
+	__u32 l3_len;  /* IP total length (IPv6: payload length + 40) */
+	__u32 l3_hdrs; /* bytes from the IP header to the end of the extension headers */
+	__u32 tcp_off; /* offset of the TCP header from the packet start */
+	__u32 opt_len; /* bytes of TCP options */
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
