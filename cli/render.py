@@ -58,4 +58,6 @@ def counters_line(counters: dict) -> Text:
 
 
 def top_view(subflows, rates, counters, header: str) -> Group:
-    return Group(Text(header, style="bold"), subflow_table(subflows, rates), counters_line(counters))
+    return Group(
+        Text(header, style="bold"), subflow_table(subflows, rates), counters_line(counters)
+    )

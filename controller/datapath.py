@@ -207,7 +207,8 @@ def attach(ifaces: list[str], ns: str | None = None, xdp_flags: int = 0) -> Atta
             for name in ifaces:
                 found = ipr.link_lookup(ifname=name)
                 if not found:
-                    raise BadInput(f"no interface named {name!r}" + (f" in netns {ns}" if ns else ""))
+                    where = f" in netns {ns}" if ns else ""
+                    raise BadInput(f"no interface named {name!r}{where}")
                 indexes.append(found[0])
             prog = Program()
             state = AttachState(ns, str(pin_dir(ns)))
@@ -268,9 +269,8 @@ def _xdp_remove(BPF, name: str, flags: int) -> None:
 
 
 def _detach_iface(ipr, st: IfaceState) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
     from bcc import BPF
+    from pyroute2.netlink.exceptions import NetlinkError
 
     if ipr.link_lookup(ifname=st.name):
         _xdp_remove(BPF, st.name, st.xdp_flags)

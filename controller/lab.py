@@ -275,9 +275,11 @@ def _build_steps(lab: Lab, wifi_mbit: int, lte_mbit: int, endpoints: bool) -> li
             steps.append(["ip", "-n", ns[role], "mptcp", "limits", "set", *limits])
         for link in TOPOLOGY["links"]:
             if link.get("mptcp_endpoint"):
+                # one per family: the PM only pairs an endpoint with same-family connections
                 a = link["a"]
-                steps.append(["ip", "-n", ns[a["node"]], "mptcp", "endpoint", "add",
-                              _bare(a["addr"]), "dev", a["if"].format(sfx=sfx), "subflow"])
+                for key in ("addr", "addr6"):
+                    steps.append(["ip", "-n", ns[a["node"]], "mptcp", "endpoint", "add",
+                                  _bare(a[key]), "dev", a["if"].format(sfx=sfx), "subflow"])
     return steps
 
 
@@ -369,3 +371,8 @@ def lab_down(suffix: str) -> bool:
         raise NotRoot("lab down needs root (network namespaces)")
     _check_suffix(suffix)
     return _teardown(_describe(suffix))
+
+
+if __name__ == "__main__":
+    # `python -m controller.lab` prints the topology as JSON (for the Vagrant lab and others)
+    print(json.dumps(TOPOLOGY, indent=2))

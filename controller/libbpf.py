@@ -119,7 +119,8 @@ class PinnedMap:
         return list(val) if self.percpu else val
 
     def update(self, key, value, flags: int = 0):
-        _check(lib().bpf_map_update_elem(self.fd, C.byref(key), C.byref(value), flags), "map update")
+        rc = lib().bpf_map_update_elem(self.fd, C.byref(key), C.byref(value), flags)
+        _check(rc, "map update")
 
     def delete(self, key):
         lib().bpf_map_delete_elem(self.fd, C.byref(key))

@@ -93,11 +93,51 @@ def send(connect: str, port: int, nbytes: int, seed: int = 0,
                 ahead = sent / rate_limit - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+        # the kernel's view of the subflows once the last byte is queued (they are gone once
+        # the MPTCP-level close completes, so this cannot wait for EOF)
+        subflows = subflows_by_ss(connect, port)
         s.shutdown(socket.SHUT_WR)
         # wait for the server to close: every byte was read before we report success
         while s.recv(4096):
             pass
-    return {"bytes": sent, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - t0, 3)}
+    return {"bytes": sent, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - t0, 3),
+            "subflows": subflows}
+
+
+def parse_ss(text: str) -> list[dict]:
+    """`ss -tniH` output -> [{"local", "remote", "state", "bytes_sent", "bytes_acked",
+    "mptcp"}]."""
+    out: list[dict] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            cols = line.split()
+            # [State] Recv-Q Send-Q Local Peer
+            # "10.81.2.2%lte-x:37075": drop the bound-device part
+            local, remote = (re.sub(r"%[^:\]]+", "", c) for c in cols[-2:])
+            state = cols[0] if len(cols) >= 5 else ""
+            out.append({"local": local, "remote": remote, "state": state, "bytes_sent": 0,
+                        "bytes_acked": 0, "mptcp": False})
+        elif out:
+            for key in ("bytes_sent", "bytes_acked"):
+                m = re.search(rf"\b{key}:(\d+)", line)
+                if m:
+                    out[-1][key] = int(m.group(1))
+            if "tcp-ulp-mptcp" in line:
+                out[-1]["mptcp"] = True
+    return out
+
+
+def subflows_by_ss(addr: str, port: int) -> list[dict]:
+    """TCP subflows in this netns towards addr:port, as `ss -tni` reports them."""
+    dst = f"[{addr}]" if ":" in addr else addr
+    try:
+        cp = subprocess.run(["ss", "-tniH", "dst", f"{dst}:{port}"],
+                            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [sf for sf in parse_ss(cp.stdout) if sf["mptcp"]]
 
 
 def _read_line(proc: subprocess.Popen, deadline: float) -> tuple[str, bytes]:
