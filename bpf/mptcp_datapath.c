@@ -62,7 +62,16 @@ static __always_inline void make_key(struct flow_key *k, struct pkt_info *pi, __
 	}
 }
 
+/* One direction of one subflow has one writer at a time (egress runs under the subflow's
+ * socket lock, ingress on the one RX queue its 4-tuple hashes to), so its counters take plain
+ * adds. A connection's counters sum subflows on any CPU: atomic adds. */
 static __always_inline void add_dir(struct dir_stats *d, __u32 segs, __u32 payload)
+{
+	d->packets += segs;
+	d->bytes += payload;
+}
+
+static __always_inline void add_dir_atomic(struct dir_stats *d, __u32 segs, __u32 payload)
 {
 	__sync_fetch_and_add(&d->packets, segs);
 	__sync_fetch_and_add(&d->bytes, payload);
@@ -74,29 +83,34 @@ static __always_inline void note_mapping(struct dir_stats *d, struct mptcp_opt *
 {
 	int first = d->dss_mappings == 0;
 	__u64 hi = d->dsn_highest, dsn = m->key_b;
-	__sync_fetch_and_add(&d->dss_mappings, 1);
+	d->dss_mappings++;
 	if (first) {
 		d->dsn_highest = dsn;
 	} else if (m->present & DSN64) {
 		if (dsn < hi)
-			__sync_fetch_and_add(&d->data_retrans, 1);
+			d->data_retrans++;
 		else
 			d->dsn_highest = dsn;
 	} else {
 		__s32 delta = (__u32)dsn - (__u32)hi;
 		if (delta < 0)
-			__sync_fetch_and_add(&d->data_retrans, 1);
+			d->data_retrans++;
 		else
 			d->dsn_highest = hi + delta;
 	}
 }
 
 /* The connection of a subflow, once its token is known: from an incoming MP_JOIN SYN, or
- * from the controller (subflow_token), which derives it from the MP_CAPABLE keys. */
+ * from the controller (subflow_token), which derives it from the MP_CAPABLE keys. The
+ * controller bumps config.token_gen after writing tokens, so a subflow without one consults
+ * subflow_token once per bump, not on every packet. */
 static __always_inline struct conn_stats *conn_of(struct subflow_stats *s, struct flow_key *k,
-						  union zero_record *zero)
+						  union zero_record *zero, __u32 token_gen)
 {
 	if (!(s->flags & SF_HAVE_TOKEN)) {
+		if (s->token_gen == token_gen + 1)
+			return 0;
+		s->token_gen = token_gen + 1;
 		__u32 *tok = subflow_token.lookup(k);
 		if (!tok)
 			return 0;
@@ -114,7 +128,7 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 {
 	__u32 slot = subtype_slot(m->subtype), ev = 0;
 	count(CNT_OPT_BASE + slot, 1);
-	__sync_fetch_and_add(&s->opts[slot], 1);
+	s->opts[slot]++; /* shared by both directions: a rare lost count, never a wrong byte */
 	switch (slot) {
 	case MPTCP_SUB_CAPABLE:
 		if (m->flags & MPC_FLAG_CHECKSUM)
@@ -200,7 +214,7 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 
 /* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options. */
 static __always_inline void account(struct decode_result *r, struct pkt_info *pi, __u32 dir,
-				    __u32 segs, __u32 ifindex)
+				    __u32 segs, __u32 ifindex, __u32 token_gen)
 {
 	struct flow_key k = {};
 	make_key(&k, pi, dir);
@@ -218,12 +232,12 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 	s->ifindex = ifindex;
 	add_dir(&s->dir[dir & 1], segs, pi->payload);
 
-	struct conn_stats *c = conn_of(s, &k, zero);
+	struct conn_stats *c = conn_of(s, &k, zero, token_gen);
 	if (c) {
 		if (!c->first_ns)
 			c->first_ns = now;
 		c->last_ns = now;
-		add_dir(&c->dir[dir & 1], segs, pi->payload);
+		add_dir_atomic(&c->dir[dir & 1], segs, pi->payload);
 	}
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < MAX_DECODED_OPTS; i++) {
@@ -235,11 +249,12 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 
 /* Where this packet's decode goes: the exported slot when `mptcpctl decode` asked for it,
  * else a per-CPU scratch copy. */
-static __always_inline struct decode_result *result_slot(int *export)
+static __always_inline struct decode_result *result_slot(int *export, __u32 *token_gen)
 {
 	__u32 zero = 0;
 	struct config *cfg = config.lookup(&zero);
 	*export = cfg && cfg->export_decode;
+	*token_gen = cfg ? cfg->token_gen : 0;
 	if (*export)
 		return decode_out.lookup(&zero);
 	return decode_scratch.lookup(&zero);
@@ -264,7 +279,8 @@ static __always_inline void handle(void *ctx, void *data, void *data_end, int is
 {
 	count(CNT_PACKETS, 1);
 	int export = 0;
-	struct decode_result *r = result_slot(&export);
+	__u32 token_gen = 0;
+	struct decode_result *r = result_slot(&export, &token_gen);
 	if (!r)
 		return;
 	if (export) {
@@ -295,6 +311,11 @@ static __always_inline void handle(void *ctx, void *data, void *data_end, int is
 	asm volatile("" : "+r"(optlen));
 	if (optlen < 4)
 		return;
+	/* The commonest segment of all, NOP NOP timestamps and nothing else, holds no MPTCP:
+	 * leave before copying and walking its options. */
+	__be32 *first = pi.opts;
+	if (optlen == 12 && (void *)(first + 1) <= data_end && *first == bpf_htonl(0x0101080a))
+		return;
 	struct opt_buf ob = {};
 	__u32 opt_off = pi.tcp_off + 20;
 	long err;
@@ -317,7 +338,7 @@ static __always_inline void handle(void *ctx, void *data, void *data_end, int is
 	if (r->nopts == 0)
 		return;
 	count(CNT_MPTCP, 1);
-	account(r, &pi, dir, segs, ifindex);
+	account(r, &pi, dir, segs, ifindex, token_gen);
 }
 
 int mptcp_xdp(struct xdp_md *ctx)

@@ -147,6 +147,8 @@ class SubflowStats(C.Structure):
         ("remote_token", C.c_uint32),
         ("flags", C.c_uint32),
         ("ifindex", C.c_uint32),
+        ("token_gen", C.c_uint32),
+        ("pad", C.c_uint32),
     ]
 
 
@@ -197,7 +199,7 @@ class DecodeResult(C.Structure):
 class Config(C.Structure):
     _fields_ = [
         ("export_decode", C.c_uint32),
-        ("pad", C.c_uint32),
+        ("token_gen", C.c_uint32),
     ]
 
 

@@ -28,6 +28,7 @@ TC_EGRESS_PARENT = 0xFFFFFFF3
 # Largest linear frame XDP test-run accepts is one page minus head/tail room; longer frames
 # are cut (the IP length fields still give the payload size).
 TEST_RUN_MAX = 3000
+ETH_HLEN = 14
 
 
 def scope_name(ns: str | None) -> str:
@@ -94,11 +95,16 @@ class Program:
         self.map("config", C.c_uint32, abi.Config).update(C.c_uint32(0), cfg)
 
     def run_xdp(self, frame: bytes, repeat: int = 1):
-        """(verdict, ns per run) of the XDP program on one frame."""
+        """(verdict, ns per run) of the XDP program on one frame (at least an Ethernet
+        header: the kernel refuses shorter test input)."""
+        if len(frame) < ETH_HLEN:
+            raise BadInput(f"a {len(frame)}-byte frame is shorter than an Ethernet header")
         retval, ns, _ = test_run(self.xdp.fd, frame[:TEST_RUN_MAX], repeat)
         return retval, ns
 
     def run_tc(self, frame: bytes, repeat: int = 1):
+        if len(frame) < ETH_HLEN:
+            raise BadInput(f"a {len(frame)}-byte frame is shorter than an Ethernet header")
         retval, ns, _ = test_run(self.tc.fd, frame[:TEST_RUN_MAX], repeat)
         return retval, ns
 

@@ -126,7 +126,7 @@ def packet_record(frame: int, res: abi.DecodeResult) -> dict:
 # --- table rows ------------------------------------------------------------------------------
 
 TABLE_COLUMNS = ("frame", "flow", "flags", "MPTCP options", "malformed")
-# Option fields left out of the one-line summary (shown by the subtype name, or always null).
+# Option fields left out of the one-line summary (the subtype leads the line instead).
 _SUMMARY_SKIP = {"subtype"}
 
 
@@ -143,6 +143,8 @@ def option_summary(opt: dict) -> str:
         if isinstance(value, bool):
             if value:
                 parts.append(key)
+        elif key == "flags":
+            parts.append(f"flags=0x{value:02x}")
         elif isinstance(value, list):
             parts.append(f"{key}={','.join(str(v) for v in value)}")
         else:
@@ -155,7 +157,8 @@ def table_row(rec: dict) -> tuple[str, str, str, str, str]:
     if rec["src"] is None:
         flow = "-"
     else:
-        flow = f"{_endpoint(rec['src'], rec['sport'])} → {_endpoint(rec['dst'], rec['dport'])}"
+        # Two lines, so IPv6 flows leave room for the options.
+        flow = f"{_endpoint(rec['src'], rec['sport'])}\n→ {_endpoint(rec['dst'], rec['dport'])}"
     opts = "\n".join(option_summary(o) for o in rec["mptcp"])
     mark = "MALFORMED" if rec["malformed"] else ""
     return (str(rec["frame"]), flow, rec["flags"] or "", opts, mark)

@@ -131,8 +131,10 @@ struct subflow_stats {
 	__u64 last_ns;
 	__u32 token; /* local connection token (ss -M), see SF_HAVE_TOKEN */
 	__u32 remote_token;
-	__u32 flags;   /* enum subflow_flags */
-	__u32 ifindex; /* interface of the last packet */
+	__u32 flags;     /* enum subflow_flags */
+	__u32 ifindex;   /* interface of the last packet */
+	__u32 token_gen; /* config.token_gen + 1 when subflow_token was last consulted; 0 never */
+	__u32 pad;
 };
 
 /* Value of the conns map (key: local token). */
@@ -211,7 +213,7 @@ struct decode_result {
 /* Value of the config map (one entry, written by the controller). */
 struct config {
 	__u32 export_decode; /* 1: write struct decode_result for each packet */
-	__u32 pad;
+	__u32 token_gen;     /* bumped by the controller after it writes subflow_token entries */
 };
 
 #endif

@@ -37,6 +37,7 @@ struct pkt_info {
 	__u32 l3_hdrs; /* bytes from the IP header to the end of the extension headers */
 	__u32 tcp_off; /* offset of the TCP header from the packet start */
 	__u32 opt_len; /* bytes of TCP options */
+	void *opts;    /* packet pointer to the first option byte (checked before each use) */
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
@@ -137,6 +138,7 @@ static __always_inline int parse_tcp(struct cursor *c, void *data, struct pkt_in
 	pi->tcp_flags = ((__u8 *)th)[13];
 	pi->tcp_off = c->pos - data;
 	pi->opt_len = hlen - sizeof(*th);
+	pi->opts = th + 1;
 	__u32 hdrs = pi->l3_hdrs + hlen;
 	pi->payload = pi->l3_len > hdrs ? pi->l3_len - hdrs : 0;
 	c->pos += hlen;

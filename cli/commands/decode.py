@@ -38,15 +38,18 @@ def render_table(records: list[dict]):
 
     table = Table(box=None, header_style="bold")
     for col in fmt.TABLE_COLUMNS:
-        justify = "right" if col == "frame" else "left"
-        table.add_column(col, justify=justify, no_wrap=col != "MPTCP options")
+        if col == "MPTCP options":
+            # Takes the width left over; long hex values fold rather than vanish.
+            table.add_column(col, ratio=1, min_width=24, overflow="fold")
+        else:
+            table.add_column(col, justify="right" if col == "frame" else "left", no_wrap=True)
     for row in fmt.table_rows(records):
         table.add_row(*row, style="red" if row[-1] else None)
     return table
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet per line.")
 def decode(file, as_json):
     """Decode the MPTCP options of every packet in a pcap/pcapng FILE."""
