@@ -354,6 +354,18 @@ class PinnedDatapath:
         self.subflow_token = PinnedMap.open(str(where / "subflow_token"), abi.FlowKey, C.c_uint32)
         self.conns = PinnedMap.open(str(where / "conns"), C.c_uint32, abi.ConnStats)
         self.counters = PinnedMap.open(str(where / "counters"), C.c_uint32, C.c_uint64, percpu=True)
+        self.config = PinnedMap.open(str(where / "config"), C.c_uint32, abi.Config)
+
+    def set_tokens(self, tokens: list) -> None:
+        """Write local connection tokens [(FlowKey, token)] to subflow_token, then bump
+        config.token_gen so the datapath looks them up (it does once per bump)."""
+        if not tokens:
+            return
+        for key, tok in tokens:
+            self.subflow_token.update(key, C.c_uint32(tok))
+        cfg = self.config.lookup(C.c_uint32(0)) or abi.Config()
+        cfg.token_gen = (cfg.token_gen + 1) & 0xFFFFFFFF
+        self.config.update(C.c_uint32(0), cfg)
 
     def counter_values(self) -> dict[str, int]:
         out = {}
@@ -368,5 +380,5 @@ class PinnedDatapath:
         return out
 
     def close(self) -> None:
-        for m in (self.subflows, self.subflow_token, self.conns, self.counters):
+        for m in (self.subflows, self.subflow_token, self.conns, self.counters, self.config):
             m.close()

@@ -127,7 +127,10 @@ class PinnedMap:
 
     def keys(self):
         out, cur, nxt = [], None, self.key_type()
-        while lib().bpf_map_get_next_key(self.fd, C.byref(cur) if cur is not None else None, C.byref(nxt)) == 0:
+        while True:
+            prev = C.byref(cur) if cur is not None else None
+            if lib().bpf_map_get_next_key(self.fd, prev, C.byref(nxt)) != 0:
+                break
             out.append(nxt)
             cur, nxt = nxt, self.key_type()
         return out

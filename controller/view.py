@@ -2,7 +2,6 @@
 reads the pinned maps, resolves each subflow's local connection token from the keys seen on
 the wire (and writes it back to subflow_token so the datapath aggregates per connection)."""
 
-import ctypes as C
 import ipaddress
 import socket
 import time
@@ -84,11 +83,12 @@ def snapshot(dp: PinnedDatapath, write_tokens: bool = True) -> list[SubflowView]
     tokens = resolve_tokens(entries)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     out = []
+    learned = []
     for k, s in entries:
         raw = bytes(k)
         tok = tokens.get(raw)
-        if write_tokens and tok is not None and not s.flags & SF.SF_HAVE_TOKEN:
-            dp.subflow_token.update(k, C.c_uint32(tok))
+        if tok is not None and not s.flags & SF.SF_HAVE_TOKEN:
+            learned.append((k, tok))
         ingress, egress = s.dir[abi.Direction.DIR_INGRESS], s.dir[abi.Direction.DIR_EGRESS]
         out.append(
             SubflowView(
@@ -112,5 +112,7 @@ def snapshot(dp: PinnedDatapath, write_tokens: bool = True) -> list[SubflowView]
                 idle_s=max(0.0, (now - s.last_ns) / 1e9) if s.last_ns else 0.0,
             )
         )
+    if write_tokens:
+        dp.set_tokens(learned)
     out.sort(key=lambda v: (v.token or "", v.join, v.key))
     return out
