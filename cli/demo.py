@@ -40,6 +40,7 @@ def main(argv=None) -> int:
         t = threading.Thread(target=run, daemon=True)
         t.start()
         run_top(client, 0.25, args.seconds, console)
+        console.print()
         t.join(timeout=args.seconds * 4)
         if "err" in result:
             raise result["err"]

@@ -66,8 +66,7 @@ def _loop(dp, netns, interval, duration, console):
             }
             prev = {sf.key: (sf.bytes_out, sf.bytes_in) for sf in subflows}
             prev_t = now
-            header = (f"mptcpctl top — {where} — {len(subflows)} subflows — "
-                      f"{now - start:4.0f}s   (q quits)")
+            header = f"mptcpctl top — {where} — {len(subflows)} subflows — q quits"
             live.update(top_view(subflows, rates, dp.counter_values(), header))
             if key() in ("q", "Q"):
                 return
