@@ -1,29 +1,12 @@
-"""Shared test fixtures: the gate for tests that need root and BCC (skip, or fail when
-MPTCPCTL_REQUIRE_ALL=1 so CI cannot pass by skipping)."""
-
-import os
+"""Shared test fixtures: the gate for tests that need root and BCC (see gates.py)."""
 
 import pytest
-
-
-def missing_root_bpf() -> str | None:
-    """Why BPF tests cannot run here, or None if they can."""
-    if os.geteuid() != 0:
-        return "needs root (BPF programs)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "BCC (python3-bpfcc) is not importable"
-    return None
+from gates import missing_root_bpf, skip_or_fail
 
 
 def require_root_bpf() -> None:
     """Skip (or fail, with MPTCPCTL_REQUIRE_ALL=1) unless root and BCC are available."""
-    reason = missing_root_bpf()
-    if reason:
-        if os.environ.get("MPTCPCTL_REQUIRE_ALL") == "1":
-            pytest.fail(f"MPTCPCTL_REQUIRE_ALL=1 but {reason}")
-        pytest.skip(reason)
+    skip_or_fail(missing_root_bpf())
 
 
 @pytest.fixture(scope="session")

@@ -2,35 +2,18 @@
 Skips when not root, or fails instead with MPTCPCTL_REQUIRE_ALL=1 so CI cannot pass by
 skipping."""
 
-import os
 import secrets
-import shutil
 import subprocess
 
 import pytest
+from gates import missing_root_netns, skip_or_fail
 
 from controller import lab as labmod
 
 
-def missing_root_netns() -> str | None:
-    """Why lab tests cannot run here, or None if they can."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    for tool in ("ip", "tc", "ethtool", "ss"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed"
-    if not os.path.exists("/proc/sys/net/mptcp/enabled"):
-        return "kernel without MPTCP"
-    return None
-
-
 def require_root() -> None:
     """Skip (or fail, with MPTCPCTL_REQUIRE_ALL=1) unless lab tests can run."""
-    reason = missing_root_netns()
-    if reason:
-        if os.environ.get("MPTCPCTL_REQUIRE_ALL") == "1":
-            pytest.fail(f"MPTCPCTL_REQUIRE_ALL=1 but {reason}")
-        pytest.skip(reason)
+    skip_or_fail(missing_root_netns())
 
 
 def unique_suffix() -> str:
