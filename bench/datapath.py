@@ -240,7 +240,7 @@ def render(rows: list[Row], repeat: int, samples: int):
 
 def report(rows: list[Row], repeat: int, samples: int, elapsed: float) -> dict:
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "kernel": platform.release(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),

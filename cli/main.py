@@ -8,7 +8,7 @@ import click
 
 from controller.errors import MptcpctlError
 
-from .commands import datapath, decode, lab, top
+from .commands import daemon, datapath, decode, lab, top
 
 
 class Group(click.Group):
@@ -31,6 +31,9 @@ def cli():
     """The userspace half of Linux Multipath TCP."""
 
 
+cli.add_command(daemon.up)
+cli.add_command(daemon.down)
+cli.add_command(daemon.status)
 cli.add_command(datapath.attach)
 cli.add_command(datapath.detach)
 cli.add_command(decode.decode)

@@ -1,6 +1,7 @@
 """Rich renderables built from controller data (one data source for tables and --json).
 Sized for an 80-column terminal: one small table per connection, one row per subflow."""
 
+import time
 from collections import defaultdict
 
 from rich import box
@@ -76,3 +77,52 @@ def counters_line(counters: dict) -> Text:
 def top_view(subflows, rates, counters, header: str) -> Group:
     parts = connection_tables(subflows, rates) or [Text("no MPTCP subflows seen yet", style="dim")]
     return Group(Text(header, style="bold"), *parts, counters_line(counters))
+
+
+def status_view(data: dict) -> Group:
+    """`mptcpctl status`: the daemon's answer to "status", for a terminal."""
+    pol = data.get("policy", {})
+    where = f"netns {data['netns']}" if data.get("netns") else "this namespace"
+    head = Text.assemble(
+        ("mptcpctl ", "bold"), f"pid {data.get('pid')} — {where} — pm {data.get('pm')} — ",
+        f"policy {pol.get('name')}",
+        f" (backup: {', '.join(pol['backup_ifaces'])})" if pol.get("backup_ifaces") else "",
+        f" — up {data.get('uptime_s', 0)}s",
+    )
+    parts = [head]
+    addrs = ", ".join(f"{a['addr']}@{a['ifname']}" for a in data.get("local_addrs", []))
+    parts.append(Text(f"local addresses: {addrs or 'none'}", style="dim"))
+    for c in data.get("connections", []):
+        t = Table(
+            title=(f"connection {c['token']}  {c['local']}:{c['lport']} → "
+                   f"{c['remote']}:{c['rport']}  {c['side']} {c['state']} "
+                   f"{c.get('age_s') or 0:.0f}s"),
+            title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+            collapse_padding=True,
+        )
+        for col in ("path", "local", "remote", "ids", "kind", "rtt", "cwnd", "bytes ↑/↓"):
+            t.add_column(col, no_wrap=True)
+        for s in c.get("subflows", []):
+            kind = ("backup" if s.get("backup") else "active") + (
+                "" if s.get("established") else " (connecting)")
+            rtt = f"{s['rtt_ms']:.1f}ms" if s.get("rtt_ms") is not None else "-"
+            out = s.get("bytes_out") if s.get("bytes_out") is not None else s.get("bytes_sent")
+            inn = s.get("bytes_in") if s.get("bytes_in") is not None else s.get("bytes_received")
+            t.add_row(
+                s.get("iface") or "-", f"{s['local']}:{s['lport']}",
+                f"{s['remote']}:{s['rport']}", f"{s.get('loc_id')}/{s.get('rem_id')}", kind,
+                rtt, str(s.get("cwnd") if s.get("cwnd") is not None else "-"),
+                f"{human_bytes(out or 0)}/{human_bytes(inn or 0)}",
+            )
+        parts.append(t)
+    if not data.get("connections"):
+        parts.append(Text("no MPTCP connections", style="dim"))
+    ev = Table(title="recent events", title_justify="left", box=None, pad_edge=False)
+    ev.add_column("time", no_wrap=True)
+    ev.add_column("event", no_wrap=True)
+    ev.add_column("detail")
+    for e in data.get("events", [])[-10:]:
+        ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["t"])), e["event"], e["detail"])
+    parts.append(ev)
+    parts.append(counters_line(data.get("datapath", {}).get("counters", {})))
+    return Group(*parts)

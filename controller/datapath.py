@@ -193,9 +193,68 @@ def is_attached(ns: str | None) -> bool:
     return state_file(ns).exists() or pin_dir(ns).exists()
 
 
+class Attachment:
+    """A loaded datapath, maps pinned, attached to a set of interfaces that can change (the
+    daemon adds interfaces as they come up). Create and use it inside the namespace it
+    serves. close() detaches everything; release() keeps the programs attached and lets go."""
+
+    def __init__(self, ns: str | None = None, xdp_flags: int = 0):
+        require_bpf()
+        ensure_bpffs()
+        from pyroute2 import IPRoute
+
+        self.xdp_flags = xdp_flags
+        self.state = AttachState(ns, str(pin_dir(ns)))
+        self.ipr = IPRoute()
+        self.prog = None
+        try:
+            self.prog = Program()
+            _pin_maps(self.prog, pin_dir(ns))
+            self.state.save()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ifaces(self) -> list[str]:
+        return [i.name for i in self.state.ifaces]
+
+    def add(self, name: str) -> None:
+        if name in self.ifaces:
+            return
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            where = f" in netns {self.state.netns}" if self.state.netns else ""
+            raise BadInput(f"no interface named {name!r}{where}")
+        self.state.ifaces.append(_attach_one(self.ipr, self.prog, name, found[0],
+                                             self.xdp_flags))
+        self.state.save()
+
+    def remove(self, name: str) -> None:
+        for st in list(self.state.ifaces):
+            if st.name == name:
+                _detach_iface(self.ipr, st)
+                self.state.ifaces.remove(st)
+                self.state.save()
+
+    def forget(self, name: str) -> None:
+        """The interface vanished (and its programs with it): drop it from the state."""
+        self.state.ifaces = [i for i in self.state.ifaces if i.name != name]
+        self.state.save()
+
+    def release(self) -> None:
+        if self.prog:
+            self.prog.close()
+        self.ipr.close()
+
+    def close(self) -> None:
+        _detach_state(self.ipr, self.state)
+        self.release()
+
+
 def attach(ifaces: list[str], ns: str | None = None, xdp_flags: int = 0) -> AttachState:
-    """Load the datapath and attach it to `ifaces` in namespace `ns` (None: this one).
-    On any failure, everything done so far is undone before the error propagates."""
+    """Load the datapath and attach it to `ifaces` in namespace `ns` (None: this one), then
+    leave it attached. On any failure, everything done so far is undone."""
     if not ifaces:
         raise BadInput("no interface given (use --iface IF)")
     if len(set(ifaces)) != len(ifaces):
@@ -204,32 +263,23 @@ def attach(ifaces: list[str], ns: str | None = None, xdp_flags: int = 0) -> Atta
         where = f"netns {ns}" if ns else "this namespace"
         raise BadInput(f"the datapath is already attached in {where}; run `mptcpctl detach` first")
     require_bpf()
-    ensure_bpffs()
     with netns.entered(ns):
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            indexes = []
             for name in ifaces:
-                found = ipr.link_lookup(ifname=name)
-                if not found:
+                if not ipr.link_lookup(ifname=name):
                     where = f" in netns {ns}" if ns else ""
                     raise BadInput(f"no interface named {name!r}{where}")
-                indexes.append(found[0])
-            prog = Program()
-            state = AttachState(ns, str(pin_dir(ns)))
-            try:
-                _pin_maps(prog, pin_dir(ns))
-                state.save()
-                for name, idx in zip(ifaces, indexes, strict=True):
-                    state.ifaces.append(_attach_one(ipr, prog, name, idx, xdp_flags))
-                    state.save()
-            except BaseException:
-                _detach_state(ipr, state)
-                raise
-            finally:
-                prog.close()
-    return state
+        att = Attachment(ns, xdp_flags)
+        try:
+            for name in ifaces:
+                att.add(name)
+        except BaseException:
+            att.close()
+            raise
+        att.release()
+    return att.state
 
 
 def _attach_one(ipr, prog: Program, name: str, idx: int, xdp_flags: int) -> IfaceState:

@@ -376,3 +376,36 @@ def lab_down(suffix: str) -> bool:
 if __name__ == "__main__":
     # `python -m controller.lab` prints the topology as JSON (for the Vagrant lab and others)
     print(json.dumps(TOPOLOGY, indent=2))
+
+
+def set_path(lab: Lab, name: str, *, link: bool | None = None, addr: bool | None = None) -> None:
+    """Change one of the client's paths as a real network would: its link down or up, or its
+    addresses gone or back (with the routes an address brings, as a DHCP client adds them).
+    Used by the demo's handover and by the handover tests."""
+    spec = next((lk for lk in TOPOLOGY["links"] if lk["name"] == name), None)
+    if spec is None or name not in lab.paths:
+        raise BadInput(f"no path named {name!r} (paths: {', '.join(lab.paths)})")
+    a, b = spec["a"], spec["b"]
+    dev = a["if"].format(sfx=lab.suffix)
+    ns = lab.client
+    if link is not None:
+        _run(["ip", "-n", ns, "link", "set", dev, "up" if link else "down"])
+    if addr is None:
+        return
+    fams = (("-4", a["addr"], b["addr"]), ("-6", a["addr6"], b["addr6"]))
+    if not addr:
+        for fam, cidr, _ in fams:
+            _run(["ip", "-n", ns, fam, "addr", "del", cidr, "dev", dev], check=False)
+        return
+    for fam, cidr, peer in fams:
+        extra = ["nodad"] if fam == "-6" else []
+        _run(["ip", "-n", ns, fam, "addr", "replace", cidr, "dev", dev, *extra])
+        if spec["table"] is not None:
+            table = str(spec["table"])
+            _run(["ip", "-n", ns, fam, "route", "replace", _network(peer), "dev", dev,
+                  "table", table])
+            _run(["ip", "-n", ns, fam, "route", "replace", "default", "via", _bare(peer),
+                  "dev", dev, "table", table])
+        if spec["default"]:
+            _run(["ip", "-n", ns, fam, "route", "replace", "default", "via", _bare(peer),
+                  "dev", dev])

@@ -38,3 +38,14 @@ def entered(name: str | None):
         _setns(back)
         os.close(back)
         os.close(target)
+
+
+def enter_for_good(name: str) -> None:
+    """Move this (single-threaded) process into netns `name` for the rest of its life."""
+    if not exists(name):
+        raise BadInput(f"no network namespace named {name!r} (see `ip netns list`)")
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)

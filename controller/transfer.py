@@ -166,10 +166,12 @@ def run_transfer(lab, nbytes: int, timeout: float = 30.0, *, ipv6: bool = False,
     results. Polls with deadlines; kills the server it started on any failure."""
     deadline = time.monotonic() + timeout
     addr = lab.server_addr6 if ipv6 else lab.server_addr
+    # The wildcard, so that joins to other addresses the server announces find the listener.
+    bind = "::" if ipv6 else "0.0.0.0"
     py = [sys.executable, "-m", "controller.transfer"]
     env = dict(os.environ, PYTHONPATH=str(_PROJECT_ROOT))
     server = subprocess.Popen(
-        ["ip", "netns", "exec", lab.server, *py, "server", "--bind", addr, "--port", "0",
+        ["ip", "netns", "exec", lab.server, *py, "server", "--bind", bind, "--port", "0",
          "--once", "--out-json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=_PROJECT_ROOT, env=env,
     )
