@@ -74,9 +74,28 @@ def counters_line(counters: dict) -> Text:
     return Text("  ".join(f"{k}={counters.get(k, 0)}" for k in keys), style="dim")
 
 
-def top_view(subflows, rates, counters, header: str) -> Group:
+EVENT_STYLE = {"handover": "bold green", "sub_closed": "yellow", "subflow_destroy": "yellow",
+               "failed": "red", "link_down": "red", "addr_removed": "red"}
+
+
+def events_table(events, limit: int = 8) -> Table:
+    """The daemon's newest events, one line each (subflow up/down, announces, priority
+    changes, handovers with their stall)."""
+    t = Table(title="events", title_justify="left", title_style="bold", box=None,
+              pad_edge=False, show_header=False)
+    t.add_column("time", no_wrap=True, style="dim", min_width=8)
+    t.add_column("event", no_wrap=True, min_width=15)
+    t.add_column("detail", no_wrap=True, overflow="ellipsis")
+    for e in list(events)[-limit:]:
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["t"])),
+                  Text(e["event"], style=EVENT_STYLE.get(e["event"], "")), e["detail"])
+    return t
+
+
+def top_view(subflows, rates, counters, header: str, events=None) -> Group:
     parts = connection_tables(subflows, rates) or [Text("no MPTCP subflows seen yet", style="dim")]
-    return Group(Text(header, style="bold"), *parts, counters_line(counters))
+    tail = [events_table(events)] if events is not None else []
+    return Group(Text(header, style="bold"), *parts, counters_line(counters), *tail)
 
 
 def status_view(data: dict) -> Group:

@@ -137,7 +137,8 @@ class Daemon:
                 self.saved.set(name, value)
             self._persist_saved()
             self.pm = pm.MptcpPM()
-            self._raise_limits()
+            if self.cfg.pm == "userspace":
+                self._raise_limits()
             self.pm_events = pm.PMEvents()
             self.netmon = netmon.NetMonitor(None, list(self.cfg.ifaces) or None,
                                             list(self.cfg.exclude))
@@ -249,7 +250,9 @@ class Daemon:
         if not changes:
             return
         for ch in changes:
-            self._note(ch.kind, f"{ch.ifname or ''} {ch.addr or ''}".strip())
+            # Route churn and link-local addresses are noise in the event log.
+            if not ch.kind.startswith("route") and not (ch.addr or "").startswith("fe80:"):
+                self._note(ch.kind, f"{ch.ifname or ''} {ch.addr or ''}".strip())
             if ch.kind in ("addr_added", "link_up", "route_added"):
                 # A network change is a new chance for subflows that gave up.
                 self.retries.clear()
@@ -524,12 +527,18 @@ class Daemon:
         if cmd == "events":
             since = float(req.get("since", 0) or 0)
             return {"events": [e for e in self.events if e["t"] > since]}
+        if cmd == "subflows":
+            return {"subflows": [
+                {"token": f"{c.token:08x}", "local": s.local, "lport": s.lport,
+                 "remote": s.remote, "rport": s.rport, "backup": s.backup,
+                 "established": s.established}
+                for c in self.conns.values() for s in c.subflows]}
         if cmd == "shutdown":
             self._request_stop()
             return {"ok": True}
         if cmd == "ping":
             return {"ok": True, "pid": os.getpid()}
-        return {"error": f"unknown command {cmd!r} (status, events, shutdown, ping)"}
+        return {"error": f"unknown command {cmd!r} (status, events, subflows, shutdown, ping)"}
 
     def status(self) -> dict:
         from . import diag

@@ -12,8 +12,9 @@ import click
 from rich.console import Console
 from rich.live import Live
 
-from controller import view
+from controller import control, daemon, view
 from controller.datapath import PinnedDatapath
+from controller.errors import MptcpctlError
 from controller.netns import entered
 
 from ..options import netns_option, require_root
@@ -47,7 +48,32 @@ def run_top(netns: str | None, interval: float, duration: float | None, console:
             dp.close()
 
 
+class DaemonFeed:
+    """What the daemon adds to the datapath's view, over the control socket: its event log
+    (fetched incrementally) and which subflows are alive. None when no daemon runs for this
+    namespace: the view then shows the datapath alone."""
+
+    def __init__(self, netns):
+        self.path = str(daemon.control_path(netns)) if daemon.running_pid(netns) else None
+        self.events, self.since = [], 0.0
+
+    def poll(self):
+        """(events, live subflow keys) or (None, None)."""
+        if self.path is None:
+            return None, None
+        try:
+            new = control.request(self.path, "events", timeout=0.5, since=self.since)["events"]
+            live = control.request(self.path, "subflows", timeout=0.5)["subflows"]
+        except MptcpctlError:
+            return self.events, None
+        if new:
+            self.events = (self.events + new)[-50:]
+            self.since = new[-1]["t"]
+        return self.events, {(s["local"], s["lport"], s["remote"], s["rport"]) for s in live}
+
+
 def _loop(dp, netns, interval, duration, console):
+    feed = DaemonFeed(netns)
     prev, prev_t = {}, time.monotonic()
     start = prev_t
     where = f"netns {netns}" if netns else "this namespace"
@@ -66,8 +92,13 @@ def _loop(dp, netns, interval, duration, console):
             }
             prev = {sf.key: (sf.bytes_out, sf.bytes_in) for sf in subflows}
             prev_t = now
+            events, alive = feed.poll()
+            if alive is not None:
+                # Subflows the daemon closed linger in the datapath's LRU map (and may still
+                # flush queued data): list the live ones only.
+                subflows = [sf for sf in subflows if sf.key in alive]
             header = f"mptcpctl top — {where} — {len(subflows)} subflows — q quits"
-            live.update(top_view(subflows, rates, dp.counter_values(), header))
+            live.update(top_view(subflows, rates, dp.counter_values(), header, events))
             if key() in ("q", "Q"):
                 return
             if duration is not None and now - start >= duration:
