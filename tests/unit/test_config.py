@@ -57,3 +57,13 @@ def test_bad_values_are_one_line_errors(tmp_path, text, match):
     with pytest.raises(BadInput, match=match) as e:
         config.load(write(tmp_path, text + "\n"))
     assert "\n" not in str(e.value)
+
+
+def test_readme_documents_every_key_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for key, (default, _t, _doc) in config.KEYS.items():
+        shown = {str: f'"{default}"', bool: str(default).lower(), list: "[]"}.get(
+            type(default), str(default))
+        assert f"| `{key}` | `{shown}` |" in readme, key
