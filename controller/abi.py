@@ -203,6 +203,27 @@ class Config(C.Structure):
     ]
 
 
+class SfTcpState(C.Structure):
+    _fields_ = [
+        ("bytes_acked", C.c_uint64),
+        ("updated_ns", C.c_uint64),
+        ("snd_cwnd", C.c_uint32),
+        ("snd_ssthresh", C.c_uint32),
+        ("srtt_us", C.c_uint32),
+        ("mss", C.c_uint32),
+        ("packets_out", C.c_uint32),
+        ("total_retrans", C.c_uint32),
+        ("clamp", C.c_uint32),
+        ("state", C.c_uint32),
+    ]
+
+
+class CcConfig(C.Structure):
+    _fields_ = [("netns_cookie", C.c_uint64)]
+
+
+CLAMP_NONE = 0x7FFFFFFF
+
 # Every struct mirrored here, by its C name (the ABI test walks this table).
 STRUCTS = {
     "mptcp_opt": MptcpOpt,
@@ -213,6 +234,8 @@ STRUCTS = {
     "event": Event,
     "decode_result": DecodeResult,
     "config": Config,
+    "sf_tcp_state": SfTcpState,
+    "cc_config": CcConfig,
 }
 
 # Every #define and enum constant mirrored here, by its C name.
@@ -229,6 +252,7 @@ CONSTANTS = {
     "DSS_FLAG_M": DSS_FLAG_M,
     "DSS_FLAG_m": DSS_FLAG_m,
     "DSS_FLAG_F": DSS_FLAG_F,
+    "CLAMP_NONE": CLAMP_NONE,
     **{f"MPTCP_SUB_{s.name.removeprefix('MP_')}": int(s) for s in Subtype},
     **{m.name: int(m) for m in Present},
     **{m.name: int(m) for m in SubflowFlags},

@@ -216,4 +216,27 @@ struct config {
 	__u32 token_gen;     /* bumped by the controller after it writes subflow_token entries */
 };
 
+/* What the sockops program records of one MPTCP subflow's TCP state (value of tcp_state,
+ * keyed by struct flow_key): the coupled congestion controller's input. */
+struct sf_tcp_state {
+	__u64 bytes_acked; /* tcpi_bytes_acked */
+	__u64 updated_ns;  /* bpf_ktime_get_ns() of the last record */
+	__u32 snd_cwnd;    /* packets */
+	__u32 snd_ssthresh;
+	__u32 srtt_us; /* smoothed RTT in µs */
+	__u32 mss;
+	__u32 packets_out;
+	__u32 total_retrans; /* segments retransmitted since the start */
+	__u32 clamp;         /* window clamp last applied (packets), 0 none */
+	__u32 state;         /* TCP state, BPF_TCP_* */
+};
+
+/* Value of the cc_config map (one entry, written by the controller). */
+struct cc_config {
+	__u64 netns_cookie; /* only sockets of this network namespace are followed */
+};
+
+/* The clamp that means "no clamp": the largest value TCP_BPF_SNDCWND_CLAMP accepts. */
+#define CLAMP_NONE 0x7fffffff
+
 #endif

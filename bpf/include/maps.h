@@ -17,6 +17,8 @@
 #define EVENT_PAGES 64
 #endif
 
+#ifndef MPTCPCTL_SOCKOPS /* the XDP and tc programs' maps */
+
 /* subflows: struct flow_key (local, remote) -> struct subflow_stats.
  * Written by XDP (ingress) and tc (egress) for every segment carrying an MPTCP option;
  * read by the controller and the CLI (status, top, lab tests). */
@@ -56,5 +58,21 @@ union zero_record {
 	struct conn_stats conn;
 };
 BPF_ARRAY(zero_record, union zero_record, 1);
+
+#else /* the sockops program's maps (bpf/mptcp_sockops.c) */
+
+/* tcp_state: struct flow_key (local, remote) -> struct sf_tcp_state of an MPTCP subflow.
+ * Written by the sockops program on establishment and every RTT sample, deleted on close;
+ * read by the controller's coupled congestion control loop. */
+BPF_TABLE("lru_hash", struct flow_key, struct sf_tcp_state, tcp_state, SUBFLOW_ENTRIES);
+
+/* cwnd_clamp: struct flow_key -> __u32 allowed window (packets; CLAMP_NONE lifts it).
+ * Written by the controller; read by the sockops program, which applies a changed value with
+ * bpf_setsockopt(TCP_BPF_SNDCWND_CLAMP). */
+BPF_TABLE("lru_hash", struct flow_key, __u32, cwnd_clamp, SUBFLOW_ENTRIES);
+
+/* cc_config: one struct cc_config. Written by the controller; read by sockops. */
+BPF_ARRAY(cc_config, struct cc_config, 1);
+#endif
 
 #endif
