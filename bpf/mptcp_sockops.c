@@ -26,7 +26,10 @@ static __always_inline int ours(struct bpf_sock_ops *skops)
 static __always_inline int key_of(struct bpf_sock_ops *skops, struct flow_key *k)
 {
 	k->lport = bpf_htons(skops->local_port);
-	k->rport = (__u16)skops->remote_port;
+	/* remote_port holds the network-order port in its upper 16 bits on little-endian
+	 * kernels and in its lower 16 bits elsewhere; a port is never 0. */
+	__u32 rp = skops->remote_port;
+	k->rport = (rp & 0xffff) ? (__u16)rp : (__u16)(rp >> 16);
 	if (skops->family == AF_INET_) {
 		k->family = 4;
 		__builtin_memcpy(k->laddr, &skops->local_ip4, 4);

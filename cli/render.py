@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-BAR_WIDTH = 6
+BAR_WIDTH = 5
 
 
 def human_bytes(n: float) -> str:
@@ -38,6 +38,12 @@ def _rate_cell(bps: float, peak_bps: float) -> Text:
     return Text.assemble(bar(bps, peak_bps), f" {human_rate(bps):>6}")
 
 
+def _cwnd_cell(cwnd, clamp) -> str:
+    if cwnd is None:
+        return "-"
+    return f"{cwnd}/{clamp if clamp is not None else '-'}"
+
+
 def connection_tables(subflows, rates: dict | None = None) -> list[Table]:
     """One table per connection (by local token): path, local end, kind, throughput each way
     in bit/s with bars scaled to the busiest subflow, bytes each way."""
@@ -55,15 +61,17 @@ def connection_tables(subflows, rates: dict | None = None) -> list[Table]:
             collapse_padding=True,
         )
         for col, just in (("path", "left"), ("local", "left"), ("kind", "left"),
-                          ("↑ bit/s", "left"), ("↓ bit/s", "left"), ("bytes ↑/↓", "right")):
+                          ("↑ bit/s", "left"), ("↓ bit/s", "left"), ("bytes ↑/↓", "right"),
+                          ("cwnd/cl", "right")):
             t.add_column(col, no_wrap=True, justify=just)
         for sf in sfs:
             r_out, r_in = rates.get(sf.key, (0.0, 0.0))
             kind = ("join" if sf.join else "init") + ("/bk" if sf.backup else "")
             t.add_row(
                 sf.iface, f"{sf.local}:{sf.lport}", kind,
-                _rate_cell(r_out * 8, peak), _rate_cell(r_in * 8, peak),
+                _rate_cell(r_out * 8, peak), f"{human_rate(r_in * 8):>6}",
                 f"{human_bytes(sf.bytes_out)}/{human_bytes(sf.bytes_in)}",
+                _cwnd_cell(getattr(sf, "cwnd", None), getattr(sf, "clamp", None)),
             )
         tables.append(t)
     return tables
@@ -104,7 +112,7 @@ def status_view(data: dict) -> Group:
     where = f"netns {data['netns']}" if data.get("netns") else "this namespace"
     head = Text.assemble(
         ("mptcpctl ", "bold"), f"pid {data.get('pid')} — {where} — pm {data.get('pm')} — ",
-        f"policy {pol.get('name')}",
+        f"policy {pol.get('name')} — cc {data.get('cc')}",
         f" (backup: {', '.join(pol['backup_ifaces'])})" if pol.get("backup_ifaces") else "",
         f" — up {data.get('uptime_s', 0)}s",
     )
@@ -119,7 +127,7 @@ def status_view(data: dict) -> Group:
             title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
             collapse_padding=True,
         )
-        for col in ("path", "local", "remote", "ids", "kind", "rtt", "cwnd", "bytes ↑/↓"):
+        for col in ("path", "local", "remote", "ids", "kind", "rtt", "cwnd/clamp", "bytes ↑/↓"):
             t.add_column(col, no_wrap=True)
         for s in c.get("subflows", []):
             kind = ("backup" if s.get("backup") else "active") + (
@@ -130,7 +138,7 @@ def status_view(data: dict) -> Group:
             t.add_row(
                 s.get("iface") or "-", f"{s['local']}:{s['lport']}",
                 f"{s['remote']}:{s['rport']}", f"{s.get('loc_id')}/{s.get('rem_id')}", kind,
-                rtt, str(s.get("cwnd") if s.get("cwnd") is not None else "-"),
+                rtt, _cwnd_cell(s.get("cwnd"), s.get("clamp")),
                 f"{human_bytes(out or 0)}/{human_bytes(inn or 0)}",
             )
         parts.append(t)

@@ -27,6 +27,8 @@ KEYS: dict[str, tuple] = {
     "retry_max_ms": (5000, int, "longest retry delay"),
     "retry_attempts": (8, int, "attempts per subflow before giving up until the network changes"),
     "datapath": (True, bool, "attach the BPF datapath to managed interfaces"),
+    "cc": ("lia", str, "coupled congestion control: lia, olia, balia or uncoupled"),
+    "cc_period_ms": (20, int, "how often the coupled windows are recomputed and pushed"),
 }
 
 
@@ -45,6 +47,8 @@ class DaemonConfig:
     retry_max_ms: int = 5000
     retry_attempts: int = 8
     datapath: bool = True
+    cc: str = "lia"
+    cc_period_ms: int = 20
     source: str | None = field(default=None, compare=False)  # the file it came from
 
     def validate(self) -> DaemonConfig:
@@ -60,6 +64,10 @@ class DaemonConfig:
             raise BadInput("retry_base_ms must be > 0 and <= retry_max_ms")
         if self.retry_attempts < 1:
             raise BadInput("retry_attempts must be at least 1")
+        if self.cc not in ("lia", "olia", "balia", "uncoupled"):
+            raise BadInput(f"unknown cc {self.cc!r} (lia, olia, balia, uncoupled)")
+        if not 5 <= self.cc_period_ms <= 1000:
+            raise BadInput("cc_period_ms must be between 5 and 1000")
         if self.policy == "backup" and not self.backup_ifaces:
             raise BadInput("policy backup needs at least one backup interface")
         return self

@@ -112,6 +112,9 @@ class Daemon:
         self.handover_from: dict[int, float] = {}          # token -> when it lost its last path
         self.saved: sysctl.SavedSysctls | None = None
         self.attachment: datapath.Attachment | None = None
+        self.sockops = None
+        self.coupler = None
+        self.next_cc = 0.0
         self.pm = self.pm_events = self.netmon = self.ctl = None
         self.sel = selectors.DefaultSelector()
         self.stopping = False
@@ -145,6 +148,13 @@ class Daemon:
             self._check_ifaces()
             if self.cfg.datapath:
                 self.attachment = datapath.Attachment(self.ns)
+            if self.cfg.cc != "uncoupled":
+                from .coupling import Coupler
+                from .sockops import SockOps
+
+                self.sockops = SockOps(self.ns, pin_to=datapath.pin_dir(self.ns))
+                self._save_extra(sockops_prog_id=self.sockops.prog_id)
+                self.coupler = Coupler(self.cfg.cc, self.sockops)
             self.ctl = control.listen(str(control_path(self.ns)))
             pidfile(self.ns).write_text(f"{os.getpid()}\n")
             self.sel.register(self.pm_events, selectors.EVENT_READ, self._on_pm_readable)
@@ -161,9 +171,8 @@ class Daemon:
         """A crashed daemon (SIGKILL) left pins, programs, sysctls: put them back first."""
         stale = saved_path(self.ns)
         if stale.exists():
-            with contextlib.suppress(Exception):
-                sysctl.SavedSysctls.from_json(stale.read_text()).restore()
-                log.info("restored sysctls saved by a previous daemon")
+            undo_saved(stale.read_text())
+            log.info("restored what a previous daemon had changed")
             stale.unlink(missing_ok=True)
         if datapath.is_attached(self.ns):
             datapath.detach(self.ns)
@@ -171,6 +180,12 @@ class Daemon:
 
     def _persist_saved(self) -> None:
         saved_path(self.ns).write_text(self.saved.to_json())
+
+    def _save_extra(self, **fields) -> None:
+        """Add to saved.json what a later clean-up must undo (limits, our sockops program)."""
+        data = json.loads(saved_path(self.ns).read_text())
+        data.update(fields)
+        saved_path(self.ns).write_text(json.dumps(data))
 
     def _raise_limits(self) -> None:
         try:
@@ -181,9 +196,7 @@ class Daemon:
         except MptcpctlError as e:
             self.saved_limits = None
             log.warning("could not raise MPTCP limits: %s", e)
-        data = json.loads(self.saved.to_json())
-        data["limits"] = self.saved_limits
-        saved_path(self.ns).write_text(json.dumps(data))
+        self._save_extra(limits=self.saved_limits)
 
     def _check_ifaces(self) -> None:
         known = {name for name, _idx, _up in self.netmon.interfaces()}
@@ -201,6 +214,10 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     obj.close()
         self.ctl = self.pm_events = self.netmon = None
+        if self.sockops is not None:
+            with contextlib.suppress(Exception):
+                self.sockops.close()
+            self.sockops = self.coupler = None
         if self.attachment is not None:
             with contextlib.suppress(Exception):
                 self.attachment.close()
@@ -318,6 +335,8 @@ class Daemon:
 
     def _ev_closed(self, ev) -> None:
         self.conns.pop(ev.token, None)
+        if self.coupler is not None:
+            self.coupler.forget(ev.token)
         self.handover_from.pop(ev.token, None)
         for pair in [p for p in self.retries if p[0] == ev.token]:
             del self.retries[pair]
@@ -461,10 +480,18 @@ class Daemon:
     def _next_timer(self) -> float | None:
         now = time.monotonic()
         due = [nb for att, nb in self.retries.values() if att < self.cfg.retry_attempts]
+        if self.coupler is not None:
+            due.append(self.next_cc)
         return max(0.0, min(due) - now) if due else 1.0
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        if self.coupler is not None and now >= self.next_cc:
+            self.next_cc = now + self.cfg.cc_period_ms / 1000
+            try:
+                self.coupler.tick(self.conns)
+            except MptcpctlError as e:
+                log.warning("coupled congestion control: %s", e)
         if any(nb <= now and att < self.cfg.retry_attempts
                for att, nb in self.retries.values()):
             self.reconcile()
@@ -528,7 +555,7 @@ class Daemon:
             since = float(req.get("since", 0) or 0)
             return {"events": [e for e in self.events if e["t"] > since]}
         if cmd == "subflows":
-            return {"subflows": [
+            return {"cc": self.cfg.cc, "pm": self.cfg.pm, "subflows": [
                 {"token": f"{c.token:08x}", "local": s.local, "lport": s.lport,
                  "remote": s.remote, "rport": s.rport, "backup": s.backup,
                  "established": s.established}
@@ -547,6 +574,10 @@ class Daemon:
         with contextlib.suppress(Exception):
             for s in diag.subflows(None):
                 kernel[(s.local, s.lport, s.remote, s.rport)] = s
+        ccview = {}
+        if self.coupler is not None:
+            with contextlib.suppress(Exception):
+                ccview = self.coupler.view()
         dp = {}
         counters = {}
         if self.attachment is not None:
@@ -567,6 +598,11 @@ class Daemon:
             for s in c.subflows:
                 key = (s.local, s.lport, s.remote, s.rport)
                 k, d = kernel.get(key), dp.get(key)
+                cv = {}
+                if s.lport:
+                    from .coupling import flow_key
+
+                    cv = ccview.get(bytes(flow_key(*key)), {})
                 subflows.append({
                     "local": s.local, "lport": s.lport, "remote": s.remote, "rport": s.rport,
                     "loc_id": s.loc_id, "rem_id": s.rem_id, "backup": s.backup,
@@ -575,7 +611,8 @@ class Daemon:
                     "bytes_out": d.bytes_out if d else None,
                     "bytes_in": d.bytes_in if d else None,
                     "rtt_ms": getattr(k, "rtt_ms", None),
-                    "cwnd": getattr(k, "cwnd", None),
+                    "cwnd": cv.get("cwnd", getattr(k, "cwnd", None)),
+                    "clamp": cv.get("clamp"),
                     "bytes_sent": getattr(k, "bytes_sent", None),
                     "bytes_received": getattr(k, "bytes_received", None),
                 })
@@ -591,7 +628,7 @@ class Daemon:
             })
         return {
             "pid": os.getpid(), "netns": self.ns, "uptime_s": round(time.time() - self.started),
-            "pm": self.cfg.pm, "policy": {
+            "pm": self.cfg.pm, "cc": self.cfg.cc, "policy": {
                 "name": self.policy.name, "backup_ifaces": sorted(self.policy.backup_ifaces),
                 "ndiffports": self.policy.ndiffports, "max_subflows": self.policy.max_subflows,
             },
@@ -648,14 +685,7 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
     with netns.entered(ns):
         stale = saved_path(ns)
         if stale.exists():
-            data = json.loads(stale.read_text() or "{}")
-            sysctl.SavedSysctls.from_json(json.dumps(data)).restore()
-            if data.get("limits"):
-                with contextlib.suppress(Exception):
-                    from . import pm
-
-                    with pm.MptcpPM() as p:
-                        p.set_limits(**data["limits"])
+            undo_saved(stale.read_text())
             cleaned = True
         if datapath.is_attached(ns):
             datapath.detach(ns)
@@ -666,6 +696,29 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
             cleaned = True
     remove_run_dirs(ns)
     return "cleaned" if cleaned else "not running"
+
+
+def undo_saved(text: str) -> None:
+    """Put back what saved.json says a daemon changed, in the namespace we are in: sysctls,
+    MPTCP limits, and detach its sockops program (which outlives a SIGKILL)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        log.warning("saved.json is unreadable; nothing restored")
+        return
+    with contextlib.suppress(MptcpctlError):
+        sysctl.SavedSysctls.from_json(json.dumps(data)).restore()
+    if data.get("limits"):
+        with contextlib.suppress(Exception):
+            from . import pm
+
+            with pm.MptcpPM() as p:
+                p.set_limits(**data["limits"])
+    if data.get("sockops_prog_id"):
+        from . import sockops
+
+        with contextlib.suppress(Exception):
+            sockops.detach_by_id(int(data["sockops_prog_id"]))
 
 
 def remove_run_dirs(ns: str | None) -> None:

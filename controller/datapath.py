@@ -405,6 +405,11 @@ class PinnedDatapath:
         self.conns = PinnedMap.open(str(where / "conns"), C.c_uint32, abi.ConnStats)
         self.counters = PinnedMap.open(str(where / "counters"), C.c_uint32, C.c_uint64, percpu=True)
         self.config = PinnedMap.open(str(where / "config"), C.c_uint32, abi.Config)
+        # Pinned by the coupled congestion control when it runs (mptcpctl up --cc ...).
+        self.tcp_state = None
+        if (where / "tcp_state").exists():
+            self.tcp_state = PinnedMap.open(str(where / "tcp_state"), abi.FlowKey,
+                                            abi.SfTcpState)
 
     def set_tokens(self, tokens: list) -> None:
         """Write local connection tokens [(FlowKey, token)] to subflow_token, then bump
@@ -430,5 +435,7 @@ class PinnedDatapath:
         return out
 
     def close(self) -> None:
-        for m in (self.subflows, self.subflow_token, self.conns, self.counters, self.config):
-            m.close()
+        for m in (self.subflows, self.subflow_token, self.conns, self.counters, self.config,
+                  self.tcp_state):
+            if m is not None:
+                m.close()

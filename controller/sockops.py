@@ -149,3 +149,24 @@ def attached_ids(cgroup: str | None = None) -> list[int]:
         return list(ids[: cnt.value])
     finally:
         os.close(fd)
+
+
+def detach_by_id(prog_id: int, cgroup: str | None = None) -> bool:
+    """Detach a sockops program left attached by a daemon that died (SIGKILL)."""
+    from .libbpf import lib
+
+    if prog_id not in attached_ids(cgroup):
+        return False
+    get = lib().bpf_prog_get_fd_by_id
+    get.argtypes = [C.c_uint32]
+    fd = get(prog_id)
+    if fd < 0:
+        return False
+    cg = os.open(cgroup or cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        det = lib().bpf_prog_detach2
+        det.argtypes = [C.c_int, C.c_int, C.c_int]
+        return det(fd, cg, BPF_CGROUP_SOCK_OPS) == 0
+    finally:
+        os.close(cg)
+        os.close(fd)

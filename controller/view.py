@@ -45,6 +45,9 @@ class SubflowView:
     options: dict[str, int]
     age_s: float
     idle_s: float
+    cwnd: int | None = None    # from the sockops map, when coupled CC runs
+    clamp: int | None = None
+    srtt_ms: float | None = None
 
     @property
     def key(self):
@@ -80,6 +83,7 @@ def resolve_tokens(entries) -> dict[bytes, int]:
 def snapshot(dp: PinnedDatapath, write_tokens: bool = True) -> list[SubflowView]:
     """Every subflow in the datapath's map, tokens resolved (and written back)."""
     entries = list(dp.subflows.items())
+    tcp = {bytes(k): v for k, v in dp.tcp_state.items()} if dp.tcp_state else {}
     tokens = resolve_tokens(entries)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     out = []
@@ -90,6 +94,7 @@ def snapshot(dp: PinnedDatapath, write_tokens: bool = True) -> list[SubflowView]
         if tok is not None and not s.flags & SF.SF_HAVE_TOKEN:
             learned.append((k, tok))
         ingress, egress = s.dir[abi.Direction.DIR_INGRESS], s.dir[abi.Direction.DIR_EGRESS]
+        st = tcp.get(raw)
         out.append(
             SubflowView(
                 token=f"{tok:08x}" if tok is not None else None,
@@ -110,6 +115,9 @@ def snapshot(dp: PinnedDatapath, write_tokens: bool = True) -> list[SubflowView]
                 options={st.name: s.opts[st] for st in abi.Subtype if s.opts[st]},
                 age_s=max(0.0, (now - s.first_ns) / 1e9) if s.first_ns else 0.0,
                 idle_s=max(0.0, (now - s.last_ns) / 1e9) if s.last_ns else 0.0,
+                cwnd=st.snd_cwnd if st else None,
+                clamp=st.clamp if st and st.clamp not in (0, abi.CLAMP_NONE) else None,
+                srtt_ms=round(st.srtt_us / 1000, 2) if st else None,
             )
         )
     if write_tokens:

@@ -36,11 +36,13 @@ STARTUP_TIMEOUT = 60.0
               help="Subflows on this interface are backup (implies --policy backup).")
 @click.option("--ndiffports", type=click.IntRange(1, 8), default=None,
               help="Subflows over the initial address pair (implies --policy ndiffports).")
+@click.option("--cc", type=click.Choice(["lia", "olia", "balia", "uncoupled"]), default=None,
+              help="Coupled congestion control (default lia; uncoupled leaves the kernel alone).")
 @click.option("--no-datapath", is_flag=True, help="Do not attach the BPF datapath.")
 @click.option("--config", "config_file", metavar="FILE", default=None,
               help=f"Settings file (default {configmod.DEFAULT_PATH}, if present).")
-def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports, no_datapath,
-       config_file):
+def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports, cc,
+       no_datapath, config_file):
     """Start the path manager for this (or --netns) namespace."""
     require_root("up")
     cfg = configmod.load(config_file, required=config_file is not None)
@@ -61,6 +63,8 @@ def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports
         overrides["policy"] = policy
     if no_datapath:
         overrides["datapath"] = False
+    if cc:
+        overrides["cc"] = cc
     cfg = dataclasses.replace(cfg, **overrides).validate()
     pid = daemon.running_pid(netns)
     if pid:
@@ -86,7 +90,7 @@ def _daemonize(cfg) -> None:
             sys.exit(code)
         where = f" in netns {cfg.netns}" if cfg.netns else ""
         click.echo(f"mptcpctl running{where} (pid {answer['pid']}, pm {cfg.pm}, "
-                   f"policy {cfg.policy})")
+                   f"policy {cfg.policy}, cc {cfg.cc})")
         return
     os.close(r)
     os.setsid()

@@ -56,6 +56,7 @@ class DaemonFeed:
     def __init__(self, netns):
         self.path = str(daemon.control_path(netns)) if daemon.running_pid(netns) else None
         self.events, self.since = [], 0.0
+        self.mode = ""
 
     def poll(self):
         """(events, live subflow keys) or (None, None)."""
@@ -63,9 +64,11 @@ class DaemonFeed:
             return None, None
         try:
             new = control.request(self.path, "events", timeout=0.5, since=self.since)["events"]
-            live = control.request(self.path, "subflows", timeout=0.5)["subflows"]
+            answer = control.request(self.path, "subflows", timeout=0.5)
         except MptcpctlError:
             return self.events, None
+        live = answer["subflows"]
+        self.mode = f" — pm {answer.get('pm')} — cc {answer.get('cc')}"
         if new:
             self.events = (self.events + new)[-50:]
             self.since = new[-1]["t"]
@@ -97,7 +100,8 @@ def _loop(dp, netns, interval, duration, console):
                 # Subflows the daemon closed linger in the datapath's LRU map (and may still
                 # flush queued data): list the live ones only.
                 subflows = [sf for sf in subflows if sf.key in alive]
-            header = f"mptcpctl top — {where} — {len(subflows)} subflows — q quits"
+            header = (f"mptcpctl top — {where}{feed.mode} — {len(subflows)} subflows — "
+                      "q quits")
             live.update(top_view(subflows, rates, dp.counter_values(), header, events))
             if key() in ("q", "Q"):
                 return
