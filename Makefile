@@ -7,8 +7,9 @@ KREL := $(shell uname -r)
 APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format
 DEMO_SECONDS ?= 20
 PYTEST_ARGS ?=
+BENCHES := datapath handover cc
 
-.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean
+.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean $(BENCHES)
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -43,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
-demo: deps ## build the lab, attach the datapath, run a two-path transfer and watch it live
+demo: deps ## the lab, mptcpctl up, a transfer through a handover, watched live (~20 s)
 	@$(PY) -m cli.demo --seconds $(DEMO_SECONDS)
 
 test: deps lint ## every test tier (unit, bpf test-run, lab); MPTCPCTL_REQUIRE_ALL=1 fails on skips
@@ -62,8 +63,17 @@ lint: deps ## ruff on Python, clang-format check on bpf/
 	@$(VENV)/bin/ruff check controller cli tests bench
 	@clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
 
-bench: deps ## per-packet cost of the XDP program next to a minimal baseline (bench/results/)
-	@$(PY) -m bench.datapath
+bench: deps $(VENV)/.bench-installed ## all benchmarks, or some: `make bench cc`, `make bench handover`, `make bench datapath` (bench/results/)
+	@set -e; for b in $(or $(filter $(BENCHES),$(MAKECMDGOALS)),$(BENCHES)); do \
+		echo "== bench $$b"; $(PY) -m bench.$$b; done
+
+# `make bench cc` names a benchmark: the goal itself does nothing.
+$(BENCHES):
+	@:
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
+	@touch $@
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
