@@ -63,7 +63,7 @@ def test_an_announced_address_is_joined_from_every_local_address(d):
     d.handle_pm_event(ev("announced", saddr=None, sport=None, daddr="10.81.9.3", dport=0,
                          rem_id=1))
     assert sorted(c for c in creates(d) if c[1] == "10.81.9.3") == [
-        (LTE.addr, "10.81.9.3"), (WIFI.addr, "10.81.9.3")]
+        (WIFI.addr, "10.81.9.3"), (LTE.addr, "10.81.9.3")]
 
 
 def test_address_gone_destroys_its_subflow_and_the_next_one_is_created(d):
