@@ -72,6 +72,8 @@ $(BENCHES):
 	@:
 
 $(VENV)/.bench-installed: $(VENV)/.installed
+	@dpkg-query -W -f='$${Status}' mptcpd 2>/dev/null | grep -q "ok installed" || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mptcpd >/dev/null
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
