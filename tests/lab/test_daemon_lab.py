@@ -267,3 +267,50 @@ def test_the_control_socket_refuses_other_users(bare_lab):
                          sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert "permission denied" in (cp.stdout + cp.stderr).lower()
     assert "connections" not in cp.stdout
+
+
+def test_ndiffports_opens_n_subflows_over_the_initial_pair(bare_lab):
+    lab = bare_lab
+    cli("up", "--netns", lab.client, "--ndiffports", "3")
+    job = Background(lab, 6_000_000, rate="16mbit")
+    wifi = lab.paths["wifi"].client_addr
+    subs = poll("three subflows on wifi", lambda: (
+        s := client_subflows(lab)) and len([x for x in s if x.local == wifi]) == 3 and s)
+    assert {s.local for s in subs} == {wifi}
+    assert len({s.lport for s in subs}) == 3
+    job.result()
+
+
+def test_a_server_side_daemon_announces_its_other_address(bare_lab):
+    lab = bare_lab
+    extra = "10.81.9.3"
+    labmod.ns_exec(lab.server, ["ip", "addr", "add", f"{extra}/24", "dev", lab.server_if],
+                   check=True)
+    # The client keeps the in-kernel PM and accepts announcements.
+    labmod.ns_exec(lab.client, ["ip", "mptcp", "limits", "set", "subflows", "4",
+                                "add_addr_accepted", "4"], check=True)
+    cli("up", "--netns", lab.server, "--no-datapath", "--cc", "uncoupled")
+    try:
+        job = Background(lab, 6_000_000, rate="16mbit")
+        poll("a client subflow to the announced address",
+             lambda: any(s.remote == extra for s in client_subflows(lab)))
+        job.result()
+        events = json.loads(cli("status", "--netns", lab.server, "--json").stdout)["events"]
+        assert any(e["event"] == "announce" and extra in e["detail"] for e in events)
+    finally:
+        cli("down", "--netns", lab.server, check=False)
+
+
+def test_pm_kernel_keeps_the_in_kernel_manager_and_its_endpoints(lab):
+    """--pm kernel: the user's endpoints do the path management; mptcpctl watches."""
+    try:
+        cli("up", "--netns", lab.client, "--pm", "kernel")
+        assert labmod.ns_exec(lab.client, ["sysctl", "-n", "net.mptcp.path_manager"],
+                              capture_output=True, text=True).stdout.strip() == "kernel"
+        sent, _ = Background(lab, 6_000_000).result()
+        assert len([s for s in sent["subflows"] if s["bytes_sent"] > 0]) == 2
+        st = status(lab)
+        assert st["pm"] == "kernel"
+        assert not [e for e in st["events"] if e["event"] == "subflow_create"]
+    finally:
+        cli("down", "--netns", lab.client, check=False)
