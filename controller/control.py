@@ -41,18 +41,23 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-def read_request(conn: socket.socket, timeout: float = 2.0) -> dict:
-    """One JSON object terminated by a newline; raises ValueError on anything else."""
-    conn.settimeout(timeout)
+def _read_line(conn: socket.socket, limit: int | None = None) -> bytes:
+    """Bytes up to the first newline (or EOF); ValueError past `limit` bytes."""
     buf = b""
     while not buf.endswith(b"\n"):
-        chunk = conn.recv(4096)
+        chunk = conn.recv(65536)
         if not chunk:
             break
         buf += chunk
-        if len(buf) > MAX_REQUEST:
+        if limit is not None and len(buf) > limit:
             raise ValueError("request too long")
-    req = json.loads(buf.decode() or "null")
+    return buf
+
+
+def read_request(conn: socket.socket, timeout: float = 2.0) -> dict:
+    """One JSON object terminated by a newline; raises ValueError on anything else."""
+    conn.settimeout(timeout)
+    req = json.loads(_read_line(conn, MAX_REQUEST).decode() or "null")
     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
         raise ValueError('a request is a JSON object with a string "cmd"')
     return req
@@ -69,12 +74,7 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
     try:
         s.connect(path)
         send(s, {"cmd": cmd, **args})
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = _read_line(s)
     except FileNotFoundError as e:
         raise ControlError("mptcpctl is not running (no control socket)") from e
     except ConnectionRefusedError as e:

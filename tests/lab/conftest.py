@@ -43,3 +43,24 @@ def lab():
         labmod.lab_down(suffix)
         assert netns_with_suffix(suffix) == [], f"lab {suffix} left namespaces behind"
         assert host_links_with_suffix(suffix) == [], f"lab {suffix} left host interfaces"
+
+
+def assert_datapath_gone(lab) -> None:
+    """No XDP program, clsact qdisc or pin of ours left on the lab client."""
+    from controller import datapath
+
+    assert not datapath.pin_dir(lab.client).exists()
+    for p in lab.paths.values():
+        link = labmod.ns_exec(lab.client, ["ip", "link", "show", p.client_if],
+                              capture_output=True, text=True).stdout
+        assert "xdp" not in link
+        qd = labmod.ns_exec(lab.client, ["tc", "qdisc", "show", "dev", p.client_if],
+                            capture_output=True, text=True).stdout
+        assert "clsact" not in qd
+
+
+def add_server_address(lab, addr: str = "10.81.9.3") -> str:
+    """A second address on the lab server (for ADD_ADDR scenarios)."""
+    labmod.ns_exec(lab.server, ["ip", "addr", "add", f"{addr}/24", "dev", lab.server_if],
+                   check=True)
+    return addr

@@ -19,6 +19,8 @@ import pytest
 from controller import daemon, datapath, diag, transfer
 from controller import lab as labmod
 
+from .conftest import add_server_address, assert_datapath_gone
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -93,9 +95,7 @@ def test_fullmesh_puts_a_subflow_on_every_path(bare_lab):
 
 def test_an_address_the_server_announces_gets_joined(bare_lab):
     lab = bare_lab
-    extra = "10.81.9.3"
-    labmod.ns_exec(lab.server, ["ip", "addr", "add", f"{extra}/24", "dev", lab.server_if],
-                   check=True)
+    extra = add_server_address(lab)
     labmod.ns_exec(lab.server, ["ip", "mptcp", "limits", "set", "subflows", "8",
                                 "add_addr_accepted", "8"], check=True)
     labmod.ns_exec(lab.server, ["ip", "mptcp", "endpoint", "add", extra, "signal"], check=True)
@@ -189,14 +189,7 @@ def test_down_restores_the_path_manager_and_leaves_nothing(bare_lab):
                           capture_output=True, text=True).stdout.strip() == before
     assert labmod.ns_exec(lab.client, ["ip", "mptcp", "limits"], capture_output=True,
                           text=True).stdout == limits_before
-    for p in lab.paths.values():
-        link = labmod.ns_exec(lab.client, ["ip", "link", "show", p.client_if],
-                              capture_output=True, text=True).stdout
-        assert "xdp" not in link
-        qd = labmod.ns_exec(lab.client, ["tc", "qdisc", "show", "dev", p.client_if],
-                            capture_output=True, text=True).stdout
-        assert "clsact" not in qd
-    assert not datapath.pin_dir(lab.client).exists()
+    assert_datapath_gone(lab)
     assert not daemon.run_dir(lab.client).exists()
 
 
@@ -283,9 +276,7 @@ def test_ndiffports_opens_n_subflows_over_the_initial_pair(bare_lab):
 
 def test_a_server_side_daemon_announces_its_other_address(bare_lab):
     lab = bare_lab
-    extra = "10.81.9.3"
-    labmod.ns_exec(lab.server, ["ip", "addr", "add", f"{extra}/24", "dev", lab.server_if],
-                   check=True)
+    extra = add_server_address(lab)
     # The client keeps the in-kernel PM and accepts announcements.
     labmod.ns_exec(lab.client, ["ip", "mptcp", "limits", "set", "subflows", "4",
                                 "add_addr_accepted", "4"], check=True)

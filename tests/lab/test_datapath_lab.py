@@ -13,6 +13,8 @@ from controller import datapath, view
 from controller import lab as labmod
 from controller.netns import entered
 
+from .conftest import assert_datapath_gone
+
 NBYTES = 12_000_000
 PORT = 5201
 
@@ -110,14 +112,7 @@ def test_subflow_bytes_and_tokens_agree_with_the_kernel(lab):
         assert {sf.iface for sf in ours.values() if sf.key in kernel} == set(ifaces)
     finally:
         datapath.detach(lab.client)
-    assert not datapath.pin_dir(lab.client).exists()
-    for p in lab.paths.values():
-        link = labmod.ns_exec(lab.client, ["ip", "link", "show", p.client_if],
-                              capture_output=True, text=True).stdout
-        assert "xdp" not in link
-        qd = labmod.ns_exec(lab.client, ["tc", "qdisc", "show", "dev", p.client_if],
-                            capture_output=True, text=True).stdout
-        assert "clsact" not in qd
+    assert_datapath_gone(lab)
 
 
 def test_attaching_twice_is_an_error_not_a_second_copy(lab):
