@@ -8,7 +8,7 @@ import click
 
 from controller.errors import MptcpctlError
 
-from .commands import daemon, datapath, decode, lab, top
+from .commands import daemon, datapath, decode, doctor, lab, top
 
 
 class Group(click.Group):
@@ -37,6 +37,7 @@ cli.add_command(daemon.status)
 cli.add_command(datapath.attach)
 cli.add_command(datapath.detach)
 cli.add_command(decode.decode)
+cli.add_command(doctor.doctor)
 cli.add_command(lab.lab)
 cli.add_command(top.top)
 
