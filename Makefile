@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MPTCPCTL := $(VENV)/bin/mptcpctl
 KREL := $(shell uname -r)
-APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format
+APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format vagrant
 DEMO_SECONDS ?= 20
 PYTEST_ARGS ?=
 BENCHES := datapath handover cc
+OPT := /opt/mptcpctl
 
-.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean $(BENCHES)
+.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean install uninstall $(BENCHES)
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -78,4 +79,22 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	@touch $@
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+install: deps-system ## venv in /opt/mptcpctl, /usr/local/bin/mptcpctl, the systemd unit, the config example
+	@test -x $(OPT)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(OPT)
+	@$(OPT)/bin/pip install -q --disable-pip-version-check --upgrade . 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
+	@rm -rf build
+	ln -sfn $(OPT)/bin/mptcpctl /usr/local/bin/mptcpctl
+	install -D -m 0644 controller/data/mptcpctl.service /etc/systemd/system/mptcpctl.service
+	install -D -m 0644 controller/data/mptcpctl.toml.example /etc/mptcpctl/mptcpctl.toml.example
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; start it with: systemctl enable --now mptcpctl"
+
+uninstall: ## remove exactly what `make install` added (keeps /etc/mptcpctl/mptcpctl.toml)
+	-@if [ -d /run/systemd/system ]; then systemctl disable --now mptcpctl 2>/dev/null; fi
+	rm -f /etc/systemd/system/mptcpctl.service /etc/mptcpctl/mptcpctl.toml.example
+	@if [ -L /usr/local/bin/mptcpctl ] && [ "$$(readlink /usr/local/bin/mptcpctl)" = $(OPT)/bin/mptcpctl ]; then rm -f /usr/local/bin/mptcpctl; fi
+	-rmdir /etc/mptcpctl 2>/dev/null
+	rm -rf $(OPT)
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -29,6 +29,7 @@ KEYS: dict[str, tuple] = {
     "datapath": (True, bool, "attach the BPF datapath to managed interfaces"),
     "cc": ("lia", str, "coupled congestion control: lia, olia, balia or uncoupled"),
     "cc_period_ms": (20, int, "how often the coupled windows are recomputed and pushed"),
+    "metrics": ("", str, "Prometheus endpoint PORT, ADDR:PORT or [IPV6]:PORT (empty: off)"),
 }
 
 
@@ -49,6 +50,7 @@ class DaemonConfig:
     datapath: bool = True
     cc: str = "lia"
     cc_period_ms: int = 20
+    metrics: str = ""
     source: str | None = field(default=None, compare=False)  # the file it came from
 
     def validate(self) -> DaemonConfig:
@@ -68,6 +70,10 @@ class DaemonConfig:
             raise BadInput(f"unknown cc {self.cc!r} (lia, olia, balia, uncoupled)")
         if not 5 <= self.cc_period_ms <= 1000:
             raise BadInput("cc_period_ms must be between 5 and 1000")
+        if self.metrics:
+            from .metrics import parse_listen
+
+            parse_listen(self.metrics)
         if self.policy == "backup" and not self.backup_ifaces:
             raise BadInput("policy backup needs at least one backup interface")
         return self

@@ -39,6 +39,8 @@ RUN_ROOT = datapath.RUN_ROOT
 EVENT_LOG_LEN = 200
 # Limits the daemon raises while it runs (the kernel maximum is 8 for both).
 LIMITS = {"subflows": 8, "add_addr_accepted": 8}
+# How often the Prometheus endpoint's values are refreshed from status(), seconds.
+METRICS_PERIOD_S = 1.0
 
 
 def run_dir(ns: str | None) -> Path:
@@ -115,6 +117,8 @@ class Daemon:
         self.sockops = None
         self.coupler = None
         self.next_cc = 0.0
+        self.metrics = None          # controller.metrics.Metrics when cfg.metrics is set
+        self.next_metrics = 0.0
         self.pm = self.pm_events = self.netmon = self.ctl = None
         self.sel = selectors.DefaultSelector()
         self.stopping = False
@@ -155,6 +159,10 @@ class Daemon:
                 self.sockops = SockOps(self.ns, pin_to=datapath.pin_dir(self.ns))
                 self._save_extra(sockops_prog_id=self.sockops.prog_id)
                 self.coupler = Coupler(self.cfg.cc, self.sockops)
+            if self.cfg.metrics:
+                from .metrics import Metrics, parse_listen
+
+                self.metrics = Metrics(*parse_listen(self.cfg.metrics))
             self.ctl = control.listen(str(control_path(self.ns)))
             pidfile(self.ns).write_text(f"{os.getpid()}\n")
             self.sel.register(self.pm_events, selectors.EVENT_READ, self._on_pm_readable)
@@ -214,6 +222,10 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     obj.close()
         self.ctl = self.pm_events = self.netmon = None
+        if self.metrics is not None:
+            with contextlib.suppress(Exception):
+                self.metrics.close()
+            self.metrics = None
         if self.sockops is not None:
             with contextlib.suppress(Exception):
                 self.sockops.close()
@@ -482,6 +494,8 @@ class Daemon:
         due = [nb for att, nb in self.retries.values() if att < self.cfg.retry_attempts]
         if self.coupler is not None:
             due.append(self.next_cc)
+        if self.metrics is not None:
+            due.append(self.next_metrics)
         return max(0.0, min(due) - now) if due else 1.0
 
     def _run_timers(self) -> None:
@@ -492,6 +506,12 @@ class Daemon:
                 self.coupler.tick(self.conns)
             except MptcpctlError as e:
                 log.warning("coupled congestion control: %s", e)
+        if self.metrics is not None and now >= self.next_metrics:
+            self.next_metrics = now + METRICS_PERIOD_S
+            try:
+                self.metrics.update(self.status())
+            except Exception as e:  # a scrape source must never stop the path manager
+                log.warning("metrics: %s", e)
         if any(nb <= now and att < self.cfg.retry_attempts
                for att, nb in self.retries.values()):
             self.reconcile()

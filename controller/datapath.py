@@ -10,11 +10,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, netns
+from . import _paths, abi, netns
 from .errors import BadInput, DatapathError, MissingFeature
 from .libbpf import PinnedMap, pin, test_run
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_DIR = _paths.bpf_dir()
 SOURCE = BPF_DIR / "mptcp_datapath.c"
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mptcpctl" / f"v{abi.MPTCPCTL_ABI}"

@@ -39,10 +39,12 @@ STARTUP_TIMEOUT = 60.0
 @click.option("--cc", type=click.Choice(["lia", "olia", "balia", "uncoupled"]), default=None,
               help="Coupled congestion control (default lia; uncoupled leaves the kernel alone).")
 @click.option("--no-datapath", is_flag=True, help="Do not attach the BPF datapath.")
+@click.option("--metrics", metavar="ADDR:PORT", default=None,
+              help="Serve Prometheus metrics there (PORT alone: 127.0.0.1; [::1]:PORT for IPv6).")
 @click.option("--config", "config_file", metavar="FILE", default=None,
               help=f"Settings file (default {configmod.DEFAULT_PATH}, if present).")
 def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports, cc,
-       no_datapath, config_file):
+       no_datapath, metrics, config_file):
     """Start the path manager for this (or --netns) namespace."""
     require_root("up")
     cfg = configmod.load(config_file, required=config_file is not None)
@@ -65,6 +67,8 @@ def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports
         overrides["datapath"] = False
     if cc:
         overrides["cc"] = cc
+    if metrics is not None:
+        overrides["metrics"] = metrics
     cfg = dataclasses.replace(cfg, **overrides).validate()
     pid = daemon.running_pid(netns)
     if pid:

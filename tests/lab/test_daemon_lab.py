@@ -305,3 +305,24 @@ def test_pm_kernel_keeps_the_in_kernel_manager_and_its_endpoints(lab):
         assert not [e for e in st["events"] if e["event"] == "subflow_create"]
     finally:
         cli("down", "--netns", lab.client, check=False)
+
+
+def test_metrics_are_scraped_from_the_daemon(bare_lab):
+    """`--metrics` serves Prometheus text in the daemon's namespace, fed by its status."""
+    lab = bare_lab
+    cli("up", "--netns", lab.client, "--metrics", "127.0.0.1:9464")
+    job = Background(lab, 6_000_000, rate="8mbit")
+    scrape = ("import urllib.request; print(urllib.request.urlopen("
+              "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())")
+
+    def text():
+        cp = labmod.ns_exec(lab.client, [sys.executable, "-c", scrape], capture_output=True,
+                            text=True)
+        return cp.returncode == 0 and cp.stdout
+
+    body = poll("subflow bytes in the scrape", lambda: (
+        t := text()) and "mptcpctl_subflow_bytes_total{" in t and t, timeout=15)
+    assert "mptcpctl_options_total" in body and "mptcpctl_connections 1.0" in body
+    job.result()
+    # No TCP listener outside the namespace, and none at all without --metrics.
+    assert "9464" not in subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
