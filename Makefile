@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCHES := datapath handover cc
 OPT := /opt/mptcpctl
 
-.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench clean install uninstall $(BENCHES)
+.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench fuzz clean install uninstall $(BENCHES)
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -77,6 +77,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mptcpd >/dev/null
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v 'is ignored' >&2; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
+
+FUZZ_PACKETS ?= 1000000
+FUZZ_SEED ?= 1
+fuzz: deps ## fuzz XDP+tc with mutated and random packets via test-run (1M packets, ~35 s)
+	@$(PY) -m bench.fuzz --packets $(FUZZ_PACKETS) --seed $(FUZZ_SEED)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -99,6 +99,10 @@ def load(path: Path | str | None, required: bool = False) -> DaemonConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"{p}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{p}: not UTF-8 text (byte {e.start})") from e
+    except RecursionError as e:
+        raise BadInput(f"{p}: nested too deeply") from e
     except OSError as e:
         raise BadInput(f"cannot read config file {p}: {e.strerror}") from e
     values = {}

@@ -57,7 +57,10 @@ def _read_line(conn: socket.socket, limit: int | None = None) -> bytes:
 def read_request(conn: socket.socket, timeout: float = 2.0) -> dict:
     """One JSON object terminated by a newline; raises ValueError on anything else."""
     conn.settimeout(timeout)
-    req = json.loads(_read_line(conn, MAX_REQUEST).decode() or "null")
+    try:
+        req = json.loads(_read_line(conn, MAX_REQUEST).decode() or "null")
+    except RecursionError as e:
+        raise ValueError("request nested too deeply") from e
     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
         raise ValueError('a request is a JSON object with a string "cmd"')
     return req

@@ -395,7 +395,10 @@ def _event_from_msg(msg) -> PMEvent | None:
             continue
         payload = slot.cell[1].length - 4  # nla header is 4 bytes
         value = slot.get_value() if payload >= size else None
-        if payload < size or (size < 16 and payload != size) or value is None:
+        # An attribute whose length runs past its message comes back as raw bytes.
+        want = str if name.endswith(("ADDR4", "ADDR6")) else int
+        if (payload < size or (size < 16 and payload != size) or value is None
+                or not isinstance(value, want)):
             log.warning("mptcp_pm: %s event: %s has %d bytes, want %d; ignored",
                         etype.name, name, payload, size)
             continue
