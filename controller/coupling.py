@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass, field
 
 from . import abi, cc
+
+# A loss episode lasts at least this long even on sub-millisecond RTTs.
+LOSS_EPISODE_MIN_S = 0.05
 
 
 def flow_key(local: str, lport: int, remote: str, rport: int) -> abi.FlowKey:
@@ -29,6 +33,7 @@ class _Tracked:
     bytes_acked: int
     total_retrans: int
     pushed: int = 0
+    recovering_until: float = 0.0  # monotonic time: retransmissions before it are one loss
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Coupler:
             if raw not in raw_keys:
                 del c.subflows[raw]
         order = []
+        now = time.monotonic()
         for k, raw in zip(keys, raw_keys, strict=True):
             st = states[raw]
             mss = max(1, st.mss)
@@ -79,7 +85,14 @@ class Coupler:
                     st.bytes_acked, st.total_retrans)
             s = tr.state
             s.acked = max(0, st.bytes_acked - tr.bytes_acked) // mss
-            s.losses = 1 if st.total_retrans > tr.total_retrans else 0
+            # One loss episode (a recovery lasts about one RTT, longer than a tick) is one
+            # decrease, as in Reno: retransmissions within an RTT of the last decrease
+            # belong to the same episode.
+            retransmitted = st.total_retrans > tr.total_retrans
+            s.losses = 1 if retransmitted and now >= tr.recovering_until else 0
+            if s.losses:
+                rtt = max(st.srtt_us / 1e6, LOSS_EPISODE_MIN_S)
+                tr.recovering_until = now + rtt
             s.srtt_us, s.mss, s.kernel_cwnd = float(st.srtt_us), mss, st.snd_cwnd
             tr.bytes_acked, tr.total_retrans = st.bytes_acked, st.total_retrans
             order.append((k, tr))
