@@ -65,8 +65,9 @@ lint: deps ## ruff on Python, clang-format check on bpf/
 	@clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
 
 bench: deps $(VENV)/.bench-installed ## all benchmarks, or some: `make bench cc`, `make bench handover`, `make bench datapath` (bench/results/)
-	@set -e; for b in $(or $(filter $(BENCHES),$(MAKECMDGOALS)),$(BENCHES)); do \
-		echo "== bench $$b"; $(PY) -m bench.$$b; done
+	@status=0; for b in $(or $(filter $(BENCHES),$(MAKECMDGOALS)),$(BENCHES)); do \
+		echo "== bench $$b"; $(PY) -m bench.$$b || { echo "== bench $$b: a goal was missed or it failed (above)"; status=1; }; \
+	done; exit $$status
 
 # `make bench cc` names a benchmark: the goal itself does nothing.
 $(BENCHES):
