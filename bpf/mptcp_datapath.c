@@ -11,6 +11,7 @@
 #include "include/abi.h"
 #include "include/parse.h"
 #include "include/mptcp_opts.h"
+#include "include/csum.h"
 #include "include/maps.h"
 
 /* MP_CAPABLE flag A: "checksum required" (RFC 8684 §3.1). */
@@ -212,7 +213,27 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 		emit(ev, dir, ifindex, pi, k, m);
 }
 
-/* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options. */
+/* Asks mptcp_xdp to tail-call the DSS checksum program after this packet if it is a SYN
+ * (the peer's ISN) or carries data on a subflow that uses checksums (with the flags as they
+ * stood before this packet). Computed without a branch and left in a per-CPU map: a branch
+ * here refines values that stay live through the option loop, and the verifier then walks
+ * the loop once per outcome (+190,000 to +310,000 instructions verified). */
+static __always_inline void request_dss_csum(__u32 tcp_flags, __u32 payload, __u32 sf_flags)
+{
+	__u32 zero = 0;
+	__u32 *pending = csum_pending.lookup(&zero);
+	if (!pending)
+		return;
+	_Static_assert(TCP_FLAG_SYN == 1 << 1 && SF_CHECKSUM == 1 << 6, "shifts below");
+	__u32 syn = (tcp_flags & TCP_FLAG_SYN) >> 1;
+	__u32 has_data = (payload + 0xffff) >> 16; /* payload is 16 bits: 1 unless it is 0 */
+	__u32 csum_on = (sf_flags & SF_CHECKSUM) >> 6;
+	*pending = syn | (has_data & csum_on);
+}
+
+/* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options.
+ * An incoming SYN (its ISN) or incoming data on a subflow that uses checksums goes on to the
+ * DSS checksum program. */
 static __always_inline void account(struct decode_result *r, struct pkt_info *pi, __u32 dir,
 				    __u32 segs, __u32 ifindex, __u32 token_gen)
 {
@@ -231,6 +252,8 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 	s->last_ns = now;
 	s->ifindex = ifindex;
 	add_dir(&s->dir[dir & 1], segs, pi->payload);
+	if (dir == DIR_INGRESS)
+		request_dss_csum(pi->tcp_flags, pi->payload, s->flags);
 
 	struct conn_stats *c = conn_of(s, &k, zero, token_gen);
 	if (c) {
@@ -346,6 +369,12 @@ int mptcp_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	handle(ctx, data, data_end, 1, DIR_INGRESS, 1, ctx->ingress_ifindex);
+	__u32 zero = 0;
+	__u32 *pending = csum_pending.lookup(&zero);
+	if (pending && *pending) {
+		*pending = 0;
+		dss_csum_progs.call(ctx, DSS_CSUM_PROG); /* returns only if the slot is empty */
+	}
 	return XDP_PASS;
 }
 
@@ -356,4 +385,176 @@ int mptcp_tc(struct __sk_buff *skb)
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
 	handle(skb, data, data_end, 0, DIR_EGRESS, segs, skb->ifindex);
 	return TC_ACT_OK;
+}
+
+/* --- DSS checksums (tail-called from mptcp_xdp) ---------------------------------------------- */
+
+/* A mapping that cannot be checked: counted once, then its remaining segments are ignored. */
+static __always_inline void csum_give_up(struct dss_csum *st)
+{
+	st->state = CSUM_SKIP;
+	st->unverifiable++;
+	count(CNT_DSS_CSUM_UNVERIFIABLE, 1);
+}
+
+/* The mapping is complete: fold in the pseudo-header with the received checksum (a match
+ * sums to 0xffff), count, and raise EV_DSS_CSUM_BAD on a mismatch. */
+static __always_inline void csum_finish(struct dss_csum *st, struct flow_key *k,
+					struct pkt_info *pi, __u32 ifindex)
+{
+	__u32 total =
+	    csum_add16(st->sum, csum_pseudo(st->dsn, st->subflow_seq, st->data_len, st->csum));
+	st->state = CSUM_DONE;
+	if (total == 0xffff) {
+		st->verified++;
+		count(CNT_DSS_CSUM_OK, 1);
+		return;
+	}
+	st->bad++;
+	count(CNT_DSS_CSUM_BAD, 1);
+	struct event *ev = events.ringbuf_reserve(sizeof(struct event));
+	if (!ev) {
+		count(CNT_EVENTS_LOST, 1);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = EV_DSS_CSUM_BAD;
+	ev->ifindex = ifindex;
+	ev->dir = DIR_INGRESS;
+	ev->tcp_flags = pi->tcp_flags;
+	ev->ts_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(&ev->flow, k, sizeof(*k));
+	ev->opt.subtype = MPTCP_SUB_DSS;
+	ev->opt.present = HAS_KEY_B | HAS_WORD | HAS_DATA_LEN | HAS_CHECKSUM | DSN64;
+	ev->opt.key_b = st->dsn;
+	ev->opt.word = st->subflow_seq;
+	ev->opt.data_len = st->data_len;
+	ev->opt.checksum = st->csum;
+	/* What the field should have held: the complement of the sum with it zeroed. */
+	__u32 zeroed = csum_add16(st->sum, csum_pseudo(st->dsn, st->subflow_seq, st->data_len, 0));
+	ev->opt.nonce = bpf_ntohs((__u16)~zeroed);
+	events.ringbuf_submit(ev, 0);
+}
+
+/* A new mapping with a checksum on this segment: open it, or give up on it. */
+static __always_inline int csum_open(struct dss_csum *st, struct subflow_stats *s,
+				     struct mptcp_opt *m)
+{
+	if (st->state == CSUM_OPEN && st->dsn == m->key_b && st->subflow_seq == m->word &&
+	    st->data_len == m->data_len)
+		return 0; /* the same mapping, repeated on a later segment */
+/* -DCSUM_RECHECK (bench/dsscsum.py only): check the same mapping again on every run. */
+#ifndef CSUM_RECHECK
+	if ((st->state == CSUM_SKIP || st->state == CSUM_DONE) && st->dsn == m->key_b &&
+	    st->subflow_seq == m->word)
+		return -1; /* given up on, or checked already: a retransmission */
+#endif
+	if (st->state == CSUM_OPEN)
+		csum_give_up(st); /* the previous mapping never completed */
+	st->state = CSUM_IDLE;
+	st->dsn = m->key_b;
+	st->subflow_seq = m->word;
+	st->data_len = m->data_len;
+	st->csum = m->checksum;
+	st->done = 0;
+	st->sum = 0;
+	/* The pseudo-header needs all 64 bits of the DSN; a 4-byte DSN leaves the top unknown.
+	 * A zero length is an infinite mapping (fallback), DATA_FIN's extra byte is not data. */
+	if (!(m->present & DSN64) || !(s->flags & SF_HAVE_PEER_ISN) || m->data_len == 0 ||
+	    (m->flags & DSS_FLAG_F)) {
+		csum_give_up(st);
+		return -1;
+	}
+	st->start_seq = s->peer_isn + m->word;
+	st->state = CSUM_OPEN;
+	return 0;
+}
+
+/* The part of this segment's payload that falls in the open mapping, summed in. */
+static __always_inline void csum_segment(struct xdp_md *ctx, struct dss_csum *st, void *data,
+					 void *payload, void *data_end, __u32 seq, __u32 len)
+{
+	__s32 delta = seq - (st->start_seq + st->done);
+	if (delta < 0)
+		return; /* bytes already summed (a retransmission): nothing new */
+	if (delta > 0) {
+		csum_give_up(st); /* bytes of the mapping went by unseen */
+		return;
+	}
+	__u32 n = st->data_len - st->done;
+	if (n > len)
+		n = len;
+	__u32 part = 0, zero = 0;
+	struct csum_buf *buf = csum_scratch.lookup(&zero);
+	if (!buf || csum_payload(ctx, data, payload, data_end, n, buf, &part)) {
+		csum_give_up(st);
+		return;
+	}
+	if (st->done & 1)
+		part = csum_swap16(part);
+	st->sum = csum_add16(st->sum, part);
+	st->done += n;
+}
+
+/* The first DSS mapping this packet's decode holds, or 0. */
+static __always_inline struct mptcp_opt *find_mapping(struct decode_result *r)
+{
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < MAX_DECODED_OPTS; i++) {
+		if (i >= r->nopts)
+			break;
+		struct mptcp_opt *m = &r->opts[i];
+		if (m->subtype == MPTCP_SUB_DSS && (m->present & HAS_KEY_B))
+			return m;
+	}
+	return 0;
+}
+
+static __always_inline void dss_csum_check(struct xdp_md *ctx, void *data, void *data_end)
+{
+	struct pkt_info pi = {};
+	void *payload = 0;
+	struct tcphdr *th = csum_parse(data, data_end, &pi, &payload);
+	if (!th)
+		return;
+	struct flow_key k = {};
+	make_key(&k, &pi, DIR_INGRESS);
+	struct subflow_stats *s = subflows.lookup(&k);
+	if (!s)
+		return;
+	__u32 seq = bpf_ntohl(th->seq);
+	struct dss_csum *st = &s->csum;
+	if (pi.tcp_flags & TCP_FLAG_SYN) {
+		s->peer_isn = seq;
+		s->flags |= SF_HAVE_PEER_ISN;
+		st->state = CSUM_IDLE;
+		return;
+	}
+	if (!(s->flags & SF_CHECKSUM) || !pi.payload)
+		return;
+	int export = 0;
+	__u32 token_gen = 0;
+	struct decode_result *r = result_slot(&export, &token_gen);
+	if (!r)
+		return;
+	struct mptcp_opt *m = find_mapping(r);
+	if (m && (m->present & HAS_CHECKSUM)) {
+		if (csum_open(st, s, m))
+			return;
+	}
+	if (st->state != CSUM_OPEN)
+		return;
+	csum_segment(ctx, st, data, payload, data_end, seq, pi.payload);
+	if (st->state == CSUM_OPEN && st->done == st->data_len)
+		csum_finish(st, &k, &pi, ctx->ingress_ifindex);
+}
+
+/* Tail-called by mptcp_xdp (slot DSS_CSUM_PROG of dss_csum_progs) after its accounting:
+ * records the peer's ISN from SYNs and checks the DSS checksums of subflows that use them. */
+int mptcp_dss_csum(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	dss_csum_check(ctx, data, data_end);
+	return XDP_PASS;
 }

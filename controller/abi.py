@@ -6,7 +6,7 @@ Update both files together; tests/unit/test_abi.py compiles the header and compa
 import ctypes as C
 import enum
 
-MPTCPCTL_ABI = 1
+MPTCPCTL_ABI = 2
 TCPOPT_MPTCP = 30
 TCP_OPT_SPACE = 40
 MAX_DECODED_OPTS = 13
@@ -60,6 +60,14 @@ class SubflowFlags(enum.IntFlag):
     SF_JOIN = 1 << 4
     SF_BACKUP = 1 << 5
     SF_CHECKSUM = 1 << 6
+    SF_HAVE_PEER_ISN = 1 << 7
+
+
+class CsumState(enum.IntEnum):
+    CSUM_IDLE = 0
+    CSUM_OPEN = 1
+    CSUM_SKIP = 2
+    CSUM_DONE = 3
 
 
 class Counter(enum.IntEnum):
@@ -71,7 +79,10 @@ class Counter(enum.IntEnum):
     CNT_EVENTS_LOST = 5
     CNT_NOT_PARSED = 6
     CNT_OPT_BASE = 8
-    CNT_MAX = 18
+    CNT_DSS_CSUM_OK = 18
+    CNT_DSS_CSUM_BAD = 19
+    CNT_DSS_CSUM_UNVERIFIABLE = 20
+    CNT_MAX = 21
 
 
 class EventType(enum.IntEnum):
@@ -84,6 +95,7 @@ class EventType(enum.IntEnum):
     EV_FASTCLOSE = 7
     EV_TCPRST = 8
     EV_MALFORMED = 9
+    EV_DSS_CSUM_BAD = 10
 
 
 class Direction(enum.IntEnum):
@@ -135,6 +147,23 @@ class DirStats(C.Structure):
     ]
 
 
+class DssCsum(C.Structure):
+    _fields_ = [
+        ("dsn", C.c_uint64),
+        ("start_seq", C.c_uint32),
+        ("subflow_seq", C.c_uint32),
+        ("done", C.c_uint32),
+        ("sum", C.c_uint32),
+        ("data_len", C.c_uint16),
+        ("csum", C.c_uint16),
+        ("state", C.c_uint8),
+        ("pad", C.c_uint8 * 3),
+        ("verified", C.c_uint64),
+        ("bad", C.c_uint64),
+        ("unverifiable", C.c_uint64),
+    ]
+
+
 class SubflowStats(C.Structure):
     _fields_ = [
         ("dir", DirStats * 2),
@@ -148,7 +177,8 @@ class SubflowStats(C.Structure):
         ("flags", C.c_uint32),
         ("ifindex", C.c_uint32),
         ("token_gen", C.c_uint32),
-        ("pad", C.c_uint32),
+        ("peer_isn", C.c_uint32),
+        ("csum", DssCsum),
     ]
 
 
@@ -229,6 +259,7 @@ STRUCTS = {
     "mptcp_opt": MptcpOpt,
     "flow_key": FlowKey,
     "dir_stats": DirStats,
+    "dss_csum": DssCsum,
     "subflow_stats": SubflowStats,
     "conn_stats": ConnStats,
     "event": Event,
@@ -256,6 +287,7 @@ CONSTANTS = {
     **{f"MPTCP_SUB_{s.name.removeprefix('MP_')}": int(s) for s in Subtype},
     **{m.name: int(m) for m in Present},
     **{m.name: int(m) for m in SubflowFlags},
+    **{m.name: int(m) for m in CsumState},
     **{m.name: int(m) for m in Counter},
     **{m.name: int(m) for m in EventType},
     **{m.name: int(m) for m in Direction},

@@ -20,7 +20,10 @@ BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mptcpctl" / f"v{abi.MPTCPCTL_ABI}"
 RUN_ROOT = Path("/run/mptcpctl")
 # Maps pinned at attach, by name; what readers open.
-PINNED_MAPS = ("subflows", "subflow_token", "conns", "counters", "events", "config")
+# dss_csum_progs is pinned so that its slot (mptcp_xdp's tail call into mptcp_dss_csum)
+# survives the loader: the kernel empties a program array when its last user reference goes.
+PINNED_MAPS = ("subflows", "subflow_token", "conns", "counters", "events", "config",
+               "dss_csum_progs")
 # tc filter priority and handle of our egress classifier (so detach removes only ours).
 TC_PRIO = 0xC0DE
 TC_HANDLE = 0xC0DE
@@ -29,6 +32,8 @@ TC_EGRESS_PARENT = 0xFFFFFFF3
 # are cut (the IP length fields still give the payload size).
 TEST_RUN_MAX = 3000
 ETH_HLEN = 14
+# Slot of mptcp_dss_csum in the dss_csum_progs program array (bpf/include/maps.h).
+DSS_CSUM_PROG = 0
 
 
 def scope_name(ns: str | None) -> str:
@@ -80,6 +85,9 @@ class Program:
                 self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=flags)
             self.xdp = self.bpf.load_func(b"mptcp_xdp", BPF.XDP)
             self.tc = self.bpf.load_func(b"mptcp_tc", BPF.SCHED_CLS)
+            # The DSS checksum check, tail-called by mptcp_xdp from slot DSS_CSUM_PROG.
+            self.dss_csum = self.bpf.load_func(b"mptcp_dss_csum", BPF.XDP)
+            self.bpf[b"dss_csum_progs"][C.c_int(DSS_CSUM_PROG)] = C.c_int(self.dss_csum.fd)
         except Exception as e:  # BCC raises bare Exception for compile and verifier errors
             raise DatapathError(f"loading the BPF datapath failed: {e}") from e
 

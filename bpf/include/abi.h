@@ -5,7 +5,7 @@
 #define MPTCPCTL_ABI_H
 
 /* Bump on any change below; pins live under /sys/fs/bpf/mptcpctl/v<ABI>/. */
-#define MPTCPCTL_ABI 1
+#define MPTCPCTL_ABI 2
 
 /* TCP option kind assigned to MPTCP (RFC 8684 §3). */
 #define TCPOPT_MPTCP 30
@@ -110,6 +110,32 @@ enum subflow_flags {
 	SF_JOIN = 1 << 4,              /* subflow began with MP_JOIN */
 	SF_BACKUP = 1 << 5,            /* last MP_JOIN/MP_PRIO said backup */
 	SF_CHECKSUM = 1 << 6,          /* MP_CAPABLE carried the checksum-required flag */
+	SF_HAVE_PEER_ISN = 1 << 7,     /* peer_isn is set (from the peer's SYN seen at ingress) */
+};
+
+/* struct dss_csum.state: where the ingress DSS checksum check is in the current mapping. */
+enum dss_csum_state {
+	CSUM_IDLE = 0, /* no mapping open */
+	CSUM_OPEN = 1, /* a mapping's bytes are being summed */
+	CSUM_SKIP = 2, /* this mapping cannot be verified (counted once); wait for the next */
+	CSUM_DONE = 3, /* this mapping was checked; a repeat of it is a retransmission */
+};
+
+/* The DSS checksum check of one subflow's incoming data (RFC 8684 §3.3.1): the mapping being
+ * summed and the verdicts so far. Written by the mptcp_dss_csum XDP program only. */
+struct dss_csum {
+	__u64 dsn;         /* the open mapping: 64-bit data sequence number */
+	__u32 start_seq;   /* absolute TCP sequence number of its first byte (peer ISN + ssn) */
+	__u32 subflow_seq; /* relative subflow sequence number, as on the wire */
+	__u32 done;        /* bytes of the mapping summed so far */
+	__u32 sum;         /* their ones'-complement sum, 16 bits, in memory byte order */
+	__u16 data_len;    /* data-level length, as on the wire */
+	__u16 csum;        /* the checksum the mapping carried (host order) */
+	__u8 state;        /* enum dss_csum_state */
+	__u8 pad[3];
+	__u64 verified;     /* mappings whose checksum matched */
+	__u64 bad;          /* mappings whose checksum did not match (EV_DSS_CSUM_BAD) */
+	__u64 unverifiable; /* mappings not checked: no ISN, 4-byte DSN, data missed, frags */
 };
 
 /* Per-direction counters of one subflow; [0] ingress (XDP), [1] egress (tc). */
@@ -134,7 +160,8 @@ struct subflow_stats {
 	__u32 flags;     /* enum subflow_flags */
 	__u32 ifindex;   /* interface of the last packet */
 	__u32 token_gen; /* config.token_gen + 1 when subflow_token was last consulted; 0 never */
-	__u32 pad;
+	__u32 peer_isn;  /* the peer's initial sequence number, see SF_HAVE_PEER_ISN */
+	struct dss_csum csum; /* incoming DSS checksums, when the connection uses them */
 };
 
 /* Value of the conns map (key: local token). */
@@ -149,15 +176,18 @@ struct conn_stats {
 
 /* Global per-CPU counters: index of the counters map. */
 enum counter_idx {
-	CNT_PACKETS = 0,     /* every packet the programs saw */
-	CNT_TCP = 1,         /* TCP segments parsed */
-	CNT_MPTCP = 2,       /* segments with at least one MPTCP option */
-	CNT_MALFORMED = 3,   /* packets whose headers or options broke the rules */
-	CNT_UNKNOWN = 4,     /* MPTCP options of an unknown subtype */
-	CNT_EVENTS_LOST = 5, /* ring buffer full */
-	CNT_NOT_PARSED = 6,  /* non-IP, non-TCP, fragments: passed untouched */
-	CNT_OPT_BASE = 8,    /* + enum mptcp_subtype: options seen by subtype */
-	CNT_MAX = 18,
+	CNT_PACKETS = 0,                /* every packet the programs saw */
+	CNT_TCP = 1,                    /* TCP segments parsed */
+	CNT_MPTCP = 2,                  /* segments with at least one MPTCP option */
+	CNT_MALFORMED = 3,              /* packets whose headers or options broke the rules */
+	CNT_UNKNOWN = 4,                /* MPTCP options of an unknown subtype */
+	CNT_EVENTS_LOST = 5,            /* ring buffer full */
+	CNT_NOT_PARSED = 6,             /* non-IP, non-TCP, fragments: passed untouched */
+	CNT_OPT_BASE = 8,               /* + enum mptcp_subtype: options seen by subtype */
+	CNT_DSS_CSUM_OK = 18,           /* DSS mappings whose checksum matched */
+	CNT_DSS_CSUM_BAD = 19,          /* DSS mappings whose checksum did not match */
+	CNT_DSS_CSUM_UNVERIFIABLE = 20, /* DSS mappings with a checksum that could not be checked */
+	CNT_MAX = 21,
 };
 
 /* Ring buffer event types. */
@@ -171,6 +201,9 @@ enum event_type {
 	EV_FASTCLOSE = 7,
 	EV_TCPRST = 8,
 	EV_MALFORMED = 9, /* opt holds the option decoded so far, if any */
+	/* A DSS mapping's checksum did not match: opt is the mapping (key_b DSN, word subflow
+	 * seq, data_len, checksum as received) and opt.nonce the checksum computed. */
+	EV_DSS_CSUM_BAD = 10,
 };
 
 /* Direction of a packet: which program saw it. */

@@ -59,6 +59,21 @@ union zero_record {
 };
 BPF_ARRAY(zero_record, union zero_record, 1);
 
+/* dss_csum_progs: slot DSS_CSUM_PROG -> the mptcp_dss_csum XDP program, which mptcp_xdp
+ * tail-calls to check DSS checksums (its own verifier budget, not the parser's). Written by
+ * the controller at load (Program); pinned with the other maps, because a program array
+ * is emptied when its last user-space reference goes. */
+#define DSS_CSUM_PROG 0
+BPF_PROG_ARRAY(dss_csum_progs, 1);
+
+/* csum_pending: per CPU, 1 while the packet being handled should go on to mptcp_dss_csum.
+ * Written by XDP (account() sets, mptcp_xdp clears before the tail call); nobody else. */
+BPF_PERCPU_ARRAY(csum_pending, __u32, 1);
+
+/* csum_scratch: per CPU, payload bytes copied out of the packet for summing (struct
+ * csum_buf, include/csum.h). Written and read by mptcp_dss_csum within one packet. */
+BPF_PERCPU_ARRAY(csum_scratch, struct csum_buf, 1);
+
 #else /* the sockops program's maps (bpf/mptcp_sockops.c) */
 
 /* tcp_state: struct flow_key (local, remote) -> struct sf_tcp_state of an MPTCP subflow.
