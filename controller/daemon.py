@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import control, datapath, netns, policy, sysctl
+from . import control, datapath, health, netns, policy, sysctl
 from .config import DaemonConfig
 from .errors import BadInput, MissingFeature, MptcpctlError
 from .model import (
@@ -119,6 +119,8 @@ class Daemon:
         self.next_cc = 0.0
         self.metrics = None          # controller.metrics.Metrics when cfg.metrics is set
         self.next_metrics = 0.0
+        self.health: health.HealthMonitor | None = None   # hostile-network findings
+        self.next_health = 0.0
         self.pm = self.pm_events = self.netmon = self.ctl = None
         self.sel = selectors.DefaultSelector()
         self.stopping = False
@@ -163,6 +165,7 @@ class Daemon:
                 from .metrics import Metrics, parse_listen
 
                 self.metrics = Metrics(*parse_listen(self.cfg.metrics))
+            self.health = health.HealthMonitor(self.ns)
             self.ctl = control.listen(str(control_path(self.ns)))
             pidfile(self.ns).write_text(f"{os.getpid()}\n")
             self.sel.register(self.pm_events, selectors.EVENT_READ, self._on_pm_readable)
@@ -496,6 +499,8 @@ class Daemon:
             due.append(self.next_cc)
         if self.metrics is not None:
             due.append(self.next_metrics)
+        if self.health is not None:
+            due.append(self.next_health)
         return max(0.0, min(due) - now) if due else 1.0
 
     def _run_timers(self) -> None:
@@ -512,6 +517,10 @@ class Daemon:
                 self.metrics.update(self.status())
             except Exception as e:  # a scrape source must never stop the path manager
                 log.warning("metrics: %s", e)
+        if self.health is not None and now >= self.next_health:
+            self.next_health = now + health.PERIOD_S
+            for finding in self.health.tick(self):
+                self._note("health", finding.detail)
         if any(nb <= now and att < self.cfg.retry_attempts
                for att, nb in self.retries.values()):
             self.reconcile()
@@ -657,6 +666,7 @@ class Daemon:
             "datapath": {"ifaces": self.attachment.ifaces if self.attachment else [],
                          "counters": counters},
             "connections": conns,
+            "health": self.health.view() if self.health is not None else [],
             "events": list(self.events)[-50:],
         }
 
