@@ -144,6 +144,8 @@ def status_view(data: dict) -> Group:
         parts.append(t)
     if not data.get("connections"):
         parts.append(Text("no MPTCP connections", style="dim"))
+    for h in data.get("health", []):
+        parts.append(Text(f"! {h.get('detail', h)}", style="bold yellow"))
     ev = Table(title="recent events", title_justify="left", box=None, pad_edge=False)
     ev.add_column("time", no_wrap=True)
     ev.add_column("event", no_wrap=True)

@@ -581,7 +581,10 @@ class Daemon:
         if cmd == "status":
             return self.status()
         if cmd == "events":
-            since = float(req.get("since", 0) or 0)
+            try:
+                since = float(req.get("since", 0) or 0)
+            except (TypeError, ValueError):
+                return {"error": "since must be a number of seconds"}
             return {"events": [e for e in self.events if e["t"] > since]}
         if cmd == "subflows":
             return {"cc": self.cfg.cc, "pm": self.cfg.pm, "subflows": [
