@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 from dataclasses import dataclass, field
 
 from . import abi, cc
 
-# A loss episode lasts at least this long even on sub-millisecond RTTs.
-LOSS_EPISODE_MIN_S = 0.05
+
+def _new_loss_episode(st: abi.SfTcpState, tr: _Tracked) -> bool:
+    """Did the kernel start a new loss recovery since the last tick? One episode is one
+    decrease, as in Reno, however many segments it retransmits over however many ticks.
+    Entering recovery the kernel sets ssthresh to half its window, below the clamp we last
+    pushed (pushing sets ssthresh to the clamp itself); before our first push, a rise in
+    the retransmission count is all there is to go by."""
+    if not tr.pushed:
+        return st.total_retrans > tr.total_retrans
+    return st.snd_ssthresh < tr.pushed and st.snd_ssthresh < tr.ssthresh
 
 
 def flow_key(local: str, lport: int, remote: str, rport: int) -> abi.FlowKey:
@@ -33,7 +40,7 @@ class _Tracked:
     bytes_acked: int
     total_retrans: int
     pushed: int = 0
-    recovering_until: float = 0.0  # monotonic time: retransmissions before it are one loss
+    ssthresh: int = 0  # the kernel's ssthresh at the previous tick
 
 
 @dataclass
@@ -73,7 +80,6 @@ class Coupler:
             if raw not in raw_keys:
                 del c.subflows[raw]
         order = []
-        now = time.monotonic()
         for k, raw in zip(keys, raw_keys, strict=True):
             st = states[raw]
             mss = max(1, st.mss)
@@ -85,16 +91,10 @@ class Coupler:
                     st.bytes_acked, st.total_retrans)
             s = tr.state
             s.acked = max(0, st.bytes_acked - tr.bytes_acked) // mss
-            # One loss episode (a recovery lasts about one RTT, longer than a tick) is one
-            # decrease, as in Reno: retransmissions within an RTT of the last decrease
-            # belong to the same episode.
-            retransmitted = st.total_retrans > tr.total_retrans
-            s.losses = 1 if retransmitted and now >= tr.recovering_until else 0
-            if s.losses:
-                rtt = max(st.srtt_us / 1e6, LOSS_EPISODE_MIN_S)
-                tr.recovering_until = now + rtt
+            s.losses = 1 if _new_loss_episode(st, tr) else 0
             s.srtt_us, s.mss, s.kernel_cwnd = float(st.srtt_us), mss, st.snd_cwnd
             tr.bytes_acked, tr.total_retrans = st.bytes_acked, st.total_retrans
+            tr.ssthresh = st.snd_ssthresh
             order.append((k, tr))
         clamps = cc.step(self.algo, [tr.state for _k, tr in order], c.coupled)
         if clamps is None:
