@@ -7,7 +7,7 @@ KREL := $(shell uname -r)
 APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format vagrant
 DEMO_SECONDS ?= 20
 PYTEST_ARGS ?=
-BENCHES := datapath dsscsum handover cc
+BENCHES := datapath dsscsum handover cc lb
 OPT := /opt/mptcpctl
 
 .PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench fuzz clean install uninstall $(BENCHES)

@@ -8,7 +8,7 @@ import click
 
 from controller.errors import MptcpctlError
 
-from .commands import daemon, datapath, decode, doctor, lab, top
+from .commands import daemon, datapath, decode, doctor, lab, lb, top
 
 
 class Group(click.Group):
@@ -39,6 +39,7 @@ cli.add_command(datapath.detach)
 cli.add_command(decode.decode)
 cli.add_command(doctor.doctor)
 cli.add_command(lab.lab)
+cli.add_command(lb.lb)
 cli.add_command(top.top)
 
 

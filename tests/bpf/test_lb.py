@@ -1,0 +1,353 @@
+"""The load balancer's XDP program (bpf/mptcp_lb.c) through BPF_PROG_TEST_RUN, Katran style:
+build the packet, set up maps (through the controller's LbCore, with a map-configured next hop
+per backend instead of bpf_fib_lookup), check the verdict, the output frame and the maps."""
+
+import ctypes
+import random
+import struct
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from test_decode_table import K1, K2, NOP, TIMESTAMPS, add_addr, dss, join_syn, mp_capable, tcp
+
+from controller import crypto, maglev
+from controller.lb_abi import Counter, EventType, Flags
+
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
+VIP, VPORT = "198.51.100.80", 80
+CLIENT, CLIENT2 = "192.0.2.10", "203.0.113.10"
+LB_SRC = "10.20.0.2"
+BACKENDS = ["10.20.0.11", "10.20.0.12", "10.20.0.13"]
+LB_MAC = bytes.fromhex("02aa00000002")
+BE_MAC = {b: bytes.fromhex(f"02bb000000{i + 1:02x}") for i, b in enumerate(BACKENDS)}
+IN_MAC = {"src": "02:00:00:00:00:01", "dst": "02:aa:00:00:00:02"}
+SERVER_KEY = K2
+CLIENT_KEY = K1
+
+
+@pytest.fixture
+def lb(root_bpf):
+    """A fresh load balancer program and controller core (empty maps) for each test."""
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram()
+    core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src=LB_SRC, smac=LB_MAC),
+                  static_hops={b: (m, 0) for b, m in BE_MAC.items()})
+    yield core
+    prog.close()
+
+
+def frame(parts, flags="A", src=CLIENT, sport=40000, dst=VIP, dport=VPORT, payload=b""):
+    return bytes(Ether(**IN_MAC) / IP(src=src, dst=dst, ttl=61, tos=0x10)
+                 / tcp(parts, flags=flags, sport=sport, dport=dport, payload=payload))
+
+
+def run(core, data: bytes):
+    verdict, _, out = core.prog.run(data)
+    return verdict, out
+
+
+def outer(out: bytes) -> tuple[IP, bytes]:
+    """The outer IPv4 header of an encapsulated frame, and the inner packet's bytes."""
+    eth = Ether(out)
+    ip = eth[IP]
+    return ip, out[14 + 20:]
+
+
+def expected_backend(core, src=CLIENT, sport=40000) -> str:
+    table = maglev.build_table({b.id: b.addr for b in core.backends if not b.draining})
+    return core.backend_addr(maglev.pick(table, src, VIP, sport, VPORT))
+
+
+def counters(core) -> dict:
+    return core.prog.counter_values()
+
+
+def events(core) -> list:
+    seen = []
+    core.prog.on_events(lambda ev: (seen.append(ev), core.handle_event(ev)))
+    core.prog.consume()
+    return seen
+
+
+def test_mp_capable_syn_is_encapsulated_to_the_maglev_backend_with_the_inner_packet_intact(lb):
+    data = frame([mp_capable(flags=0x81)], flags="S")
+    verdict, out = run(lb, data)
+    assert verdict == XDP_TX
+    ip, inner = outer(out)
+    want = expected_backend(lb)
+    assert (ip.src, ip.dst, ip.proto, ip.ttl, ip.tos) == (LB_SRC, want, 4, 64, 0x10)
+    assert ip.len == len(data) - 14 + 20
+    # The checksum is right: scapy recomputes it.
+    again = IP(bytes(ip)[:20])
+    del again.chksum
+    assert IP(bytes(again)).chksum == ip.chksum
+    assert inner == data[14:]
+    eth = Ether(out)
+    assert bytes.fromhex(eth.dst.replace(":", "")) == BE_MAC[want]
+    assert bytes.fromhex(eth.src.replace(":", "")) == LB_MAC
+    assert counters(lb)["new_flow"] == 1
+
+
+def test_the_program_and_the_controller_agree_on_the_flow_hash(lb):
+    got = set()
+    for sport in range(40000, 40040):
+        verdict, out = run(lb, frame([mp_capable()], flags="S", sport=sport))
+        assert verdict == XDP_TX
+        assert outer(out)[0].dst == expected_backend(lb, sport=sport)
+        got.add(outer(out)[0].dst)
+    assert got == set(BACKENDS)
+
+
+def test_plain_tcp_syn_is_balanced_too(lb):
+    verdict, out = run(lb, frame([], flags="S", sport=41000))
+    assert verdict == XDP_TX
+    assert outer(out)[0].dst == expected_backend(lb, sport=41000)
+
+
+def test_later_packets_follow_the_connection_table_even_after_the_table_changes(lb):
+    run(lb, frame([mp_capable()], flags="S", sport=42000))
+    first = expected_backend(lb, sport=42000)
+    lb.set_backends([b for b in BACKENDS if b != first])  # drain it
+    data = frame([dss(ack=1, dsn=5, ssn=1, dlen=4)], payload=b"abcd", sport=42000)
+    verdict, out = run(lb, data)
+    assert verdict == XDP_TX
+    assert outer(out)[0].dst == first
+    assert counters(lb)["conn_hit"] == 1
+    # A new flow that hashed to it now goes elsewhere.
+    for sport in range(43000, 43100):
+        verdict, out = run(lb, frame([mp_capable()], flags="S", sport=sport))
+        assert outer(out)[0].dst != first
+
+
+def test_third_ack_reports_both_keys_once_and_the_controller_learns_the_token(lb):
+    run(lb, frame([mp_capable()], flags="S"))
+    be = expected_backend(lb)
+    third = frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], flags="A")
+    run(lb, third)
+    run(lb, frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY, data_len=4)], flags="PA",
+                  payload=b"data"))
+    evs = events(lb)
+    keys = [e for e in evs if e.type == EventType.LB_EV_KEYS]
+    assert len(keys) == 1
+    assert (keys[0].opt.key_a, keys[0].opt.key_b) == (CLIENT_KEY, SERVER_KEY)
+    assert lb.backend_addr(keys[0].backend) == be
+    assert lb.backend_addr(lb.tokens_get(crypto.token(SERVER_KEY))) == be
+
+
+def learn(core, sport=40000, ckey=CLIENT_KEY, skey=SERVER_KEY):
+    run(core, frame([mp_capable()], flags="S", sport=sport))
+    run(core, frame([mp_capable(skey=ckey, rkey=skey)], flags="A", sport=sport))
+    events(core)
+    return expected_backend(core, sport=sport)
+
+
+def test_mp_join_syn_with_a_known_token_goes_to_that_backend_whatever_the_hash_says(lb):
+    be = learn(lb)
+    token = crypto.token(SERVER_KEY)
+    for sport in range(50000, 50030):
+        verdict, out = run(lb, frame([join_syn(0, 2, token, 0x11223344)], flags="S",
+                                     src=CLIENT2, sport=sport))
+        assert verdict == XDP_TX
+        assert outer(out)[0].dst == be
+        # And the rest of that subflow too.
+        verdict, out = run(lb, frame([dss(ack=9)], src=CLIENT2, sport=sport))
+        assert outer(out)[0].dst == be
+    assert counters(lb)["join_hit"] == 30
+
+
+def test_mp_join_syn_with_an_unknown_token_is_dropped_and_counted(lb):
+    verdict, _ = run(lb, frame([join_syn(0, 2, 0xDEADBEEF, 1)], flags="S", src=CLIENT2))
+    assert verdict == XDP_DROP
+    assert counters(lb)["join_unknown"] == 1
+    assert lb.prog.conns.keys() == []
+
+
+def test_unknown_join_hash_option_hashes_instead(root_bpf):
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram()
+    try:
+        core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src=LB_SRC, smac=LB_MAC,
+                                      unknown_join="hash"),
+                      static_hops={b: (m, 0) for b, m in BE_MAC.items()})
+        verdict, out = run(core, frame([join_syn(0, 2, 0xDEADBEEF, 1)], flags="S", src=CLIENT2,
+                                       sport=50001))
+        assert verdict == XDP_TX
+        assert outer(out)[0].dst == expected_backend(core, src=CLIENT2, sport=50001)
+        assert counters(core)["join_hashed"] == 1
+    finally:
+        prog.close()
+
+
+def test_join_flood_with_random_tokens_costs_a_counter_each_and_no_map_growth(lb):
+    be = learn(lb)
+    token = crypto.token(SERVER_KEY)
+    tokens_before = len(lb.prog.tokens.keys())
+    conns_before = len(lb.prog.conns.keys())
+    rnd = random.Random(1)
+    n = 100_000
+    verdicts = set()
+    # One template; the source port (bytes 34-35) and the token (MP_JOIN at TCP option
+    # offset 0: bytes 54 + 4) are patched per packet. Scapy per packet would take minutes.
+    template = bytearray(frame([join_syn(0, 2, 0, 1)], flags="S", src=CLIENT2))
+    assert template[54] == 30 and template[55] == 12
+    for _ in range(n):
+        tok = rnd.getrandbits(32)
+        while tok == token:
+            tok = rnd.getrandbits(32)
+        struct.pack_into("!H", template, 34, rnd.randrange(1024, 65536))
+        struct.pack_into("!I", template, 58, tok)
+        verdict, _, _ = lb.prog.run(bytes(template), out_size=0)
+        verdicts.add(verdict)
+    assert verdicts == {XDP_DROP}
+    assert counters(lb)["join_unknown"] == n
+    assert len(lb.prog.tokens.keys()) == tokens_before
+    assert len(lb.prog.conns.keys()) == conns_before
+    # A legitimate join still steers right.
+    verdict, out = run(lb, frame([join_syn(0, 2, token, 7)], flags="S", src=CLIENT2, sport=555))
+    assert verdict == XDP_TX
+    assert outer(out)[0].dst == be
+
+
+def test_non_vip_traffic_passes_untouched(lb):
+    cases = [
+        frame([mp_capable()], flags="S", dst="198.51.100.81"),
+        frame([mp_capable()], flags="S", dport=81),
+        bytes(Ether(**IN_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=1, dport=VPORT) / Raw(b"x")),
+        bytes(Ether(**IN_MAC) / Raw(b"\x00" * 50)),
+    ]
+    for data in cases:
+        verdict, out = run(lb, data)
+        assert verdict == XDP_PASS
+        assert out == data
+    assert counters(lb)["forwarded"] == 0
+
+
+def test_token_collision_across_backends_is_detected(lb):
+    # Two connections whose server keys are the same (so the same token) on two backends.
+    sports = {}
+    for sport in range(44000, 44100):
+        sports.setdefault(expected_backend(lb, sport=sport), sport)
+        if len(sports) == 2:
+            break
+    for sport in sports.values():
+        learn(lb, sport=sport)
+    st = lb.status()
+    assert st["controller"]["token_collisions"] == 1
+    assert st["token_collisions"][0]["token"] == f"{crypto.token(SERVER_KEY):08x}"
+
+
+def _add_addr_frame(hmac: bytes, sport=40000):
+    return frame([NOP, NOP, TIMESTAMPS, add_addr(5, "203.0.113.10", hmac=hmac)], sport=sport)
+
+
+def test_add_addr_hmac_is_checked_and_reported(lb):
+    learn(lb)
+    good = crypto.add_addr_hmac(CLIENT_KEY, SERVER_KEY, 5, "203.0.113.10")
+    run(lb, _add_addr_frame(good))
+    run(lb, _add_addr_frame(b"\x00" * 8))
+    events(lb)
+    c = lb.status()["controller"]
+    assert (c["add_addr_seen"], c["add_addr_hmac_ok"], c["add_addr_hmac_failed"]) == (2, 1, 1)
+    assert counters(lb)["add_addr"] == 2
+    # Without --enforce-hmac nothing is dropped.
+    verdict, _ = run(lb, frame([dss(ack=1)]))
+    assert verdict == XDP_TX
+
+
+def test_enforce_hmac_drops_later_packets_of_a_subflow_whose_check_failed(root_bpf):
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram()
+    try:
+        core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src=LB_SRC, smac=LB_MAC,
+                                      enforce_hmac=True),
+                      static_hops={b: (m, 0) for b, m in BE_MAC.items()})
+        learn(core)
+        run(core, _add_addr_frame(b"\x01" * 8))
+        events(core)
+        verdict, _ = run(core, frame([dss(ack=1)]))
+        assert verdict == XDP_DROP
+        assert counters(core)["blocked"] == 1
+        # Another connection is unaffected.
+        verdict, _ = run(core, frame([dss(ack=1)], sport=40001))
+        assert verdict == XDP_TX
+    finally:
+        prog.close()
+
+
+def test_debug_no_token_steering_hashes_joins(root_bpf):
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram()
+    try:
+        core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src=LB_SRC, smac=LB_MAC,
+                                      no_token_steering=True),
+                      static_hops={b: (m, 0) for b, m in BE_MAC.items()})
+        assert core.opts.flags & Flags.LB_F_NO_TOKEN_STEERING
+        learn(core)
+        token = crypto.token(SERVER_KEY)
+        for sport in (50001, 50002, 50003):
+            verdict, out = run(core, frame([join_syn(0, 2, token, 1)], flags="S", src=CLIENT2,
+                                           sport=sport))
+            assert outer(out)[0].dst == expected_backend(core, src=CLIENT2, sport=sport)
+        assert counters(core)["join_hit"] == 0
+    finally:
+        prog.close()
+
+
+def test_no_backend_drops(root_bpf):
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram()
+    try:
+        core = LbCore(prog, LbOptions(VIP, VPORT, [BACKENDS[0]], src=LB_SRC, smac=LB_MAC),
+                      static_hops={b: (m, 0) for b, m in BE_MAC.items()})
+        # Empty the table by hand (the controller never offers no backend).
+        prog.set_ring([0xFFFFFFFF] * len(prog._ring_cache))
+        verdict, _ = run(core, frame([mp_capable()], flags="S"))
+        assert verdict == XDP_DROP
+        assert counters(core)[Counter.LB_CNT_NO_BACKEND.name[7:].lower()] == 1
+    finally:
+        prog.close()
+
+
+def test_flow_hash_struct_layout_matches():
+    # lb_flow is hashed as 9 little-endian words: addresses then the two ports.
+    raw = bytes(16) + bytes(16) + struct.pack("!HH", 1, 2)
+    assert len(raw) == 36 and ctypes.sizeof(ctypes.c_uint32) * 9 == 36
+
+
+def test_backend_decapsulator_restores_the_clients_packet(lb):
+    from bcc import BPF
+
+    from controller.libbpf import test_run
+
+    data = frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], payload=b"hello")
+    verdict, out = run(lb, data)
+    assert verdict == XDP_TX
+    decap = lb.prog.bpf.load_func(b"mptcp_lb_decap", BPF.XDP)
+    verdict, _, inner = test_run(decap.fd, out, 1, 4096)
+    assert verdict == XDP_PASS
+    assert inner[:14] == out[:14]  # the Ethernet header as it arrived
+    assert inner[14:] == data[14:]  # the client's IP packet, byte for byte
+    # Anything else passes untouched.
+    verdict, _, same = test_run(decap.fd, data, 1, 4096)
+    assert (verdict, same) == (XDP_PASS, data)
+
+
+def test_the_dss_fast_path_still_sees_an_add_addr_behind_a_dss(lb):
+    learn(lb)
+    good = crypto.add_addr_hmac(CLIENT_KEY, SERVER_KEY, 5, "203.0.113.10")
+    # DSS alone (fast path), DSS + padding, then DSS followed by an ADD_ADDR (full walk).
+    for parts in ([NOP, NOP, TIMESTAMPS, dss(ack=1)],
+                  [NOP, NOP, TIMESTAMPS, dss(ack=1, dsn=5, ssn=1, dlen=4)],
+                  [dss(ack=1), add_addr(5, "203.0.113.10", hmac=good)]):
+        verdict, out = run(lb, frame(parts, payload=b"abcd"))
+        assert verdict == XDP_TX
+    events(lb)
+    assert counters(lb)["add_addr"] == 1
+    assert lb.status()["controller"]["add_addr_hmac_ok"] == 1
