@@ -29,6 +29,7 @@ ADD_ADDR_UNECHOED_MIN = 2
 NO_MPTCP = "no_mptcp"
 ADD_ADDR_NOT_ECHOED = "add_addr_not_echoed"
 PEER_ADDR_UNREACHABLE = "peer_addr_unreachable"
+PAYLOAD_MODIFIED = "payload_modified"
 
 
 @dataclass
@@ -139,6 +140,12 @@ def unreachable_peer_addrs(conns, retries: dict, max_attempts: int,
     return out
 
 
+def payload_modified_detail(flow: tuple[str, int, str, int], iface: str, bad: int) -> str:
+    la, lp, ra, rp = flow
+    return (f"payload modified on path {iface}: {bad} DSS checksum mismatch"
+            f"{'es' if bad != 1 else ''} on {ra}:{rp} -> {la}:{lp}")
+
+
 # --- the monitor ----------------------------------------------------------------------------
 
 class HealthMonitor:
@@ -158,7 +165,8 @@ class HealthMonitor:
         """Run every check against the daemon's state; return the new findings. A failing
         check is logged and skipped: health never stops the path manager."""
         new: list[Finding] = []
-        for check in (self._check_fallback, self._check_add_addr, self._check_unreachable):
+        for check in (self._check_fallback, self._check_add_addr, self._check_unreachable,
+                      self._check_payload_modified):
             try:
                 new.extend(check(daemon))
             except Exception as e:
@@ -198,6 +206,28 @@ class HealthMonitor:
                                  bool(s.flags & abi.SubflowFlags.SF_HAVE_REMOTE_KEY))
             finally:
                 pinned.close()
+        return out
+
+    def _check_payload_modified(self, daemon) -> list[Finding]:
+        """DSS checksum mismatches the datapath counted on a subflow: something on that path
+        rewrote payload bytes (the kernel answers with MP_FAIL)."""
+        if getattr(daemon, "attachment", None) is None:
+            return []
+        from . import datapath, view
+
+        out = []
+        pinned = datapath.PinnedDatapath(self.ns)
+        try:
+            for k, s in pinned.subflows.items():
+                if not s.csum.bad:
+                    continue
+                flow = (view._addr(k.family, k.laddr), socket.ntohs(k.lport),
+                        view._addr(k.family, k.raddr), socket.ntohs(k.rport))
+                out += self._once((PAYLOAD_MODIFIED, flow), PAYLOAD_MODIFIED,
+                                  payload_modified_detail(flow, view._ifname(s.ifindex),
+                                                          s.csum.bad))
+        finally:
+            pinned.close()
         return out
 
     def _check_add_addr(self, daemon) -> list[Finding]:

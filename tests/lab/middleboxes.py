@@ -107,6 +107,42 @@ int ack_from_server(struct __sk_buff *skb)
 """
 
 
+# An application-level gateway that rewrites payload without changing its length: it flips
+# one byte (the first payload byte of the NTH data segment from the client) and patches the
+# TCP checksum, so only MPTCP's DSS checksum can tell.
+PAYLOAD_ALG_C = SEQ_REWRITE_C.split("static __always_inline void shift_field")[0] + r"""
+BPF_ARRAY(seen, u64, 1);
+
+int alg_from_client(struct __sk_buff *skb)
+{
+    int tcp = tcp_offset(skb);
+    __u8 doff;
+    if (tcp < 0 || bpf_skb_load_bytes(skb, tcp + 12, &doff, 1) < 0)
+        return TC_ACT_OK;
+    int payload = tcp + (doff >> 4) * 4;
+    if (payload >= (int)skb->len)
+        return TC_ACT_OK;
+    int zero = 0;
+    u64 *n = seen.lookup(&zero);
+    if (!n)
+        return TC_ACT_OK;
+    *n += 1;
+    if (*n != NTH)
+        return TC_ACT_OK;
+    __u16 old, new;
+    if (bpf_skb_load_bytes(skb, payload, &old, 2) < 0)
+        return TC_ACT_OK;
+    new = old ^ bpf_htons(0x2000);
+    bpf_l4_csum_replace(skb, tcp + TCP_CSUM_OFF, old, new, 2);
+    bpf_skb_store_bytes(skb, payload, &new, 2, 0);
+    u64 *done = rewritten.lookup(&zero);
+    if (done)
+        lock_xadd(done, 1);
+    return TC_ACT_OK;
+}
+"""
+
+
 def router(lab, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
     cp = labmod.ns_exec(lab.router, list(argv), capture_output=True, text=True)
     if check and cp.returncode != 0:
@@ -174,6 +210,31 @@ def rewrite_sequence_numbers(lab, delta: int = 0x1234567):
                 ipr.tc("add", "clsact", idx)
                 attached.append(ifname)
                 ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn_name,
+                       parent=TC_INGRESS_PARENT, classid=1, direct_action=True)
+        yield lambda: sum(v.value for v in bpf[b"rewritten"].values())
+    finally:
+        for ifname in attached:
+            router(lab, "tc", "qdisc", "del", "dev", ifname, "clsact", check=False)
+        bpf.cleanup()
+
+
+@contextlib.contextmanager
+def modify_payload(lab, nth: int = 200):
+    """PAYLOAD_ALG_C on tc ingress of the router's client-facing ports (one count over all
+    paths). Yields a function returning how many segments it modified so far."""
+    from bcc import BPF
+    from pyroute2 import IPRoute
+
+    bpf = BPF(text=PAYLOAD_ALG_C.encode(), cflags=[f"-DNTH={nth}", "-Wno-unused-function"])
+    attached = []
+    try:
+        with netns.entered(lab.router), IPRoute() as ipr:
+            for p in lab.paths.values():
+                fn = bpf.load_func(b"alg_from_client", BPF.SCHED_CLS)
+                idx = ipr.link_lookup(ifname=p.router_if)[0]
+                ipr.tc("add", "clsact", idx)
+                attached.append(p.router_if)
+                ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name="alg_from_client",
                        parent=TC_INGRESS_PARENT, classid=1, direct_action=True)
         yield lambda: sum(v.value for v in bpf[b"rewritten"].values())
     finally:

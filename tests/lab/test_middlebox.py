@@ -141,3 +141,27 @@ def test_nat_on_one_path_works_and_an_unreachable_announced_address_is_given_up(
     assert 0 < len(creates) <= 3 * len(lab.paths)
     assert len([e for e in status(lab)["events"] if e["event"] == "subflow_create"
                 and private in e["detail"]]) == len(creates)
+
+
+def test_modified_payload_is_caught_by_the_dss_checksum_and_reported(bare_lab):
+    """Case 5: an ALG flips payload bytes and fixes the TCP checksum, with DSS checksums on
+    both ends. The receiver's datapath (the server runs mptcpctl here, watching) sees the
+    mismatch and names the path; the kernel's MP_FAIL handling keeps the data intact."""
+    lab = bare_lab
+    for ns in (lab.client, lab.server):
+        labmod.ns_exec(ns, ["sysctl", "-qw", "net.mptcp.checksum_enabled=1"], check=True)
+    cli("up", "--netns", lab.client)
+    cli("up", "--netns", lab.server, "--pm", "kernel", "--cc", "uncoupled")
+    try:
+        with mb.modify_payload(lab, nth=300) as modified:
+            job = Background(lab, NBYTES, rate=RATE)
+            found = poll("a payload_modified finding on the server", lambda: [
+                f for f in health(lab, lab.server) if f["kind"] == "payload_modified"],
+                timeout=20)
+            job.result()
+            assert modified() >= 1
+        assert "payload modified on path" in found[0]["detail"]
+        assert lab.server_if in found[0]["detail"]
+        assert_noted(lab, found[0], lab.server)
+    finally:
+        cli("down", "--netns", lab.server, check=False)

@@ -126,3 +126,11 @@ def test_a_failing_check_does_not_stop_the_others(monkeypatch, tmp_path):
                                    net=types.SimpleNamespace(addrs={"10.0.1.2": None}),
                                    cfg=types.SimpleNamespace(retry_attempts=8))
     assert [f.kind for f in mon.tick(daemon)] == [health.PEER_ADDR_UNREACHABLE]
+
+
+def test_payload_modified_names_the_path_and_the_subflow():
+    from controller.health import payload_modified_detail
+
+    d = payload_modified_detail(("10.81.9.2", 5201, "10.81.1.2", 40000), "srv-x", 3)
+    assert d == ("payload modified on path srv-x: 3 DSS checksum mismatches on "
+                 "10.81.1.2:40000 -> 10.81.9.2:5201")
