@@ -7,7 +7,7 @@ KREL := $(shell uname -r)
 APT_PKGS := python3-bpfcc python3-venv iproute2 ethtool nftables tcpdump tshark clang-format vagrant
 DEMO_SECONDS ?= 20
 PYTEST_ARGS ?=
-BENCHES := datapath dsscsum handover cc lb
+BENCHES := datapath dsscsum handover cc lb load
 OPT := /opt/mptcpctl
 
 .PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench fuzz clean install uninstall $(BENCHES)
@@ -64,7 +64,7 @@ lint: deps ## ruff on Python, clang-format check on bpf/
 	@$(VENV)/bin/ruff check controller cli tests bench
 	@clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
 
-bench: deps $(VENV)/.bench-installed ## all benchmarks, or some: `make bench cc` (datapath dsscsum handover cc lb) -> bench/results/
+bench: deps $(VENV)/.bench-installed ## all benchmarks, or some: `make bench cc` (datapath dsscsum handover cc lb load) -> bench/results/
 	@status=0; for b in $(or $(filter $(BENCHES),$(MAKECMDGOALS)),$(BENCHES)); do \
 		echo "== bench $$b"; $(PY) -m bench.$$b || { echo "== bench $$b: a goal was missed or it failed (above)"; status=1; }; \
 	done; exit $$status

@@ -276,6 +276,10 @@ class Daemon:
     def _on_pm_readable(self) -> None:
         for ev in self.pm_events.read(0):
             self.handle_pm_event(ev)
+        if self.pm_events.overflowed:
+            self.pm_events.overflowed = False
+            self._note("resync", "events were lost: rebuilding from the kernel's connections")
+            self._resync()
 
     def _on_net_readable(self) -> None:
         changes = self.netmon.read()
@@ -526,6 +530,24 @@ class Daemon:
             self.reconcile()
 
     # --- adoption ------------------------------------------------------------------------
+
+    def _resync(self) -> None:
+        """After lost events: forget connections the kernel no longer has, adopt the ones we
+        never heard of (and give them their subflows)."""
+        from . import diag
+
+        try:
+            live = {c.token for c in diag.connections(None)}
+        except Exception as e:
+            log.warning("resync: %s", e)
+            return
+        for token in [t for t in self.conns if t not in live]:
+            self.conns.pop(token, None)
+            if self.coupler is not None:
+                self.coupler.forget(token)
+            for pair in [p for p in self.retries if p[0] == token]:
+                del self.retries[pair]
+        self._adopt()
 
     def _adopt(self) -> None:
         """Connections that lived before we started (a restart after a crash) join our view."""

@@ -637,8 +637,11 @@ class PMEvents:
     add_reader, read() for the events waiting (blocking only if told to)."""
 
     RECV_SIZE = 65536
+    # Kernel buffer for bursts (2,000 connections closing at once are ~1.7 MB of events).
+    RCVBUF = 32 << 20
 
     def __init__(self, netns: str | None = None):
+        self.overflowed = False  # events were lost since the caller last cleared this
         self.netns = netns
         with _netlink_socket(netns) as probe_sock:
             self.family_id, self.group_id = _family_ids(probe_sock)
@@ -650,6 +653,12 @@ class PMEvents:
             self._sock.close()
             raise
         self._sock.setblocking(False)
+        for opt in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) first
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, opt, self.RCVBUF)
+                break
+            except OSError:
+                continue
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -665,6 +674,7 @@ class PMEvents:
                 break
             except OSError as exc:  # ENOBUFS: the kernel dropped events; say so and go on
                 log.warning("mptcp_pm: event socket: %s", exc)
+                self.overflowed = True
                 break
             events += decode_events(data)
         return events
