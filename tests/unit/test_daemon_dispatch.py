@@ -110,3 +110,20 @@ def test_closed_forgets_the_connection_and_its_retries(d):
 def test_status_and_unknown_control_commands_answer(d):
     assert d.answer({"cmd": "status"})["connections"] == []
     assert "unknown command" in d.answer({"cmd": "reboot"})["error"]
+
+
+def test_lost_events_are_repaired_from_the_kernels_connections(d, monkeypatch):
+    """After an event-socket overrun the daemon forgets connections the kernel no longer has
+    and adopts (and completes) the ones whose events it never got."""
+    from types import SimpleNamespace
+
+    from controller import diag
+
+    d.handle_pm_event(ev("established"))            # known, but gone from the kernel
+    missed = SimpleNamespace(token=0x0BADF00D, family=4, local=WIFI.addr, lport=41000,
+                             remote=SERVER, rport=PORT)
+    monkeypatch.setattr(diag, "connections", lambda ns: [missed])
+    monkeypatch.setattr(diag, "subflows", lambda ns: [])
+    d._resync()
+    assert set(d.conns) == {0x0BADF00D}
+    assert (LTE.addr, SERVER) in creates(d)[1:]
