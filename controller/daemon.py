@@ -237,6 +237,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.attachment.close()
             self.attachment = None
+        if getattr(self, "_ipr", None) is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
         if self.pm is not None:
             if getattr(self, "saved_limits", None):
                 with contextlib.suppress(Exception):
@@ -442,6 +446,11 @@ class Daemon:
     def execute(self, conn: Connection, action) -> None:
         try:
             if isinstance(action, CreateSubflow):
+                if not self._route_ready(action.local, action.remote, action.ifindex):
+                    # A join sent now would leave by the wrong interface or nowhere and take
+                    # seconds to fail; the route's netlink event will bring us back at once.
+                    raise MptcpctlError(f"no route from {action.local} to {action.remote} "
+                                        "out of its interface yet")
                 self.pm.subflow_create(action.token, action.local, action.loc_id, action.remote,
                                        action.rport, ifindex=action.ifindex,
                                        backup=action.backup)
@@ -482,6 +491,21 @@ class Daemon:
             if isinstance(action, CreateSubflow):
                 self._forget_subflow(conn, action)
                 self._backoff((action.token, action.local, action.remote, action.rport))
+
+    def _route_ready(self, local: str, remote: str, ifindex: int | None) -> bool:
+        """Would a packet from `local` to `remote` leave by `local`'s interface (the one the
+        subflow is bound to)? Source-address rules included, as the kernel will route it."""
+        if not ifindex:
+            return True
+        try:
+            if getattr(self, "_ipr", None) is None:
+                from pyroute2 import IPRoute
+
+                self._ipr = IPRoute()
+            routes = self._ipr.route("get", dst=remote, src=local)
+        except Exception:
+            return False
+        return bool(routes) and routes[0].get_attr("RTA_OIF") == ifindex
 
     @staticmethod
     def _forget_subflow(conn, action) -> None:

@@ -33,6 +33,7 @@ def d():
     daemon = Daemon(DaemonConfig(datapath=False, cc="uncoupled"))
     daemon.pm = FakePM()
     daemon.net.update({WIFI.addr: WIFI, LTE.addr: LTE})
+    daemon._route_ready = lambda *_: True  # no lab routes here: every path is ready
     return daemon
 
 
@@ -127,3 +128,10 @@ def test_lost_events_are_repaired_from_the_kernels_connections(d, monkeypatch):
     d._resync()
     assert set(d.conns) == {0x0BADF00D}
     assert (LTE.addr, SERVER) in creates(d)[1:]
+
+
+def test_no_subflow_is_requested_before_its_route_exists(d):
+    d._route_ready = lambda local, remote, ifindex: local != LTE.addr
+    d.handle_pm_event(ev("established"))
+    assert creates(d) == []
+    assert (TOKEN, LTE.addr, SERVER, PORT) in d.retries  # back on the next network event
