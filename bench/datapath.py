@@ -2,7 +2,6 @@
 both measured with BPF_PROG_TEST_RUN on the same frames, samples interleaved; prints a table and
 writes bench/results/datapath.json. Run as root: `make bench` or `python -m bench.datapath`."""
 
-import argparse
 import ctypes as C
 import datetime
 import json
@@ -14,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import run_options
 from controller import abi
 from controller.datapath import Program
 from controller.errors import DatapathError, MissingFeature
@@ -255,19 +255,8 @@ def report(rows: list[Row], repeat: int, samples: int, elapsed: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.datapath", description=__doc__)
-    ap.add_argument("--repeat", type=int, help=f"runs per sample (default {REPEAT:,})")
-    ap.add_argument("--samples", type=int, help=f"samples per packet and program ({SAMPLES})")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: {QUICK_REPEAT:,} runs x {QUICK_SAMPLES} samples, "
-                         "writes no results unless --out is given")
-    ap.add_argument("--out", type=Path, help=f"results file (default {RESULTS})")
-    args = ap.parse_args(argv)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
-    samples = args.samples or (QUICK_SAMPLES if args.quick else SAMPLES)
-    out = args.out or (None if args.quick else RESULTS)
-    if repeat < 1 or samples < 1:
-        ap.error("--repeat and --samples must be positive")
+    repeat, samples, out = run_options("python -m bench.datapath", __doc__, REPEAT, SAMPLES,
+                                       QUICK_REPEAT, QUICK_SAMPLES, RESULTS, argv)
 
     from rich.console import Console
 

@@ -4,7 +4,6 @@ and to bpf_csum_diff alone over the same bytes in a minimal program; BPF_PROG_TE
 interleaved. Gbit/s per core = 1448 * 8 / ns per packet. Writes bench/results/dsscsum.json.
 Run as root: `python -m bench.dsscsum` (`--quick` for a smoke test)."""
 
-import argparse
 import ctypes as C
 import datetime
 import json
@@ -16,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import run_options
 from controller import abi
 from controller.datapath import Program
 from controller.errors import DatapathError, MissingFeature
@@ -190,19 +190,8 @@ def gbps(ns: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.dsscsum", description=__doc__)
-    ap.add_argument("--repeat", type=int, help=f"runs per sample (default {REPEAT:,})")
-    ap.add_argument("--samples", type=int, help=f"samples per program (default {SAMPLES})")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: {QUICK_REPEAT:,} runs x {QUICK_SAMPLES} samples, "
-                         "writes no results unless --out is given")
-    ap.add_argument("--out", type=Path, help=f"results file (default {RESULTS})")
-    args = ap.parse_args(argv)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
-    samples = args.samples or (QUICK_SAMPLES if args.quick else SAMPLES)
-    out = args.out or (None if args.quick else RESULTS)
-    if repeat < 1 or samples < 1:
-        ap.error("--repeat and --samples must be positive")
+    repeat, samples, out = run_options("python -m bench.dsscsum", __doc__, REPEAT, SAMPLES,
+                                       QUICK_REPEAT, QUICK_SAMPLES, RESULTS, argv)
 
     from rich.console import Console
     from rich.table import Table

@@ -3,7 +3,6 @@ program (swap MACs, XDP_TX), both with BPF_PROG_TEST_RUN on the same frames, sam
 interleaved, medians; prints a table and writes bench/results/lb.json. Run as root:
 `python -m bench.lb` (`--quick` for a smoke test)."""
 
-import argparse
 import datetime
 import json
 import os
@@ -13,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import run_options
 from controller import crypto
 from controller.errors import DatapathError, MissingFeature
 from controller.libbpf import test_run
@@ -143,19 +143,8 @@ def render(rows, repeat, samples):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.lb", description=__doc__)
-    ap.add_argument("--repeat", type=int)
-    ap.add_argument("--samples", type=int)
-    ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_REPEAT:,} runs x {QUICK_SAMPLES} samples; writes no results "
-                         "unless --out is given")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
-    samples = args.samples or (QUICK_SAMPLES if args.quick else SAMPLES)
-    out = args.out or (None if args.quick else RESULTS)
-    if repeat < 1 or samples < 1:
-        ap.error("--repeat and --samples must be positive")
+    repeat, samples, out = run_options("python -m bench.lb", __doc__, REPEAT, SAMPLES,
+                                       QUICK_REPEAT, QUICK_SAMPLES, RESULTS, argv)
 
     from rich.console import Console
 

@@ -1,0 +1,23 @@
+"""What the test-run benchmarks share: the command line (repeat, samples, quick, out)."""
+
+import argparse
+from pathlib import Path
+
+
+def run_options(prog: str, doc: str | None, repeat: int, samples: int, quick_repeat: int,
+                quick_samples: int, results: Path, argv=None) -> tuple[int, int, Path | None]:
+    """(runs per sample, samples, results file or None) from the command line. --quick is a
+    smoke test that writes no results unless --out is given."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc)
+    ap.add_argument("--repeat", type=int, help=f"runs per sample (default {repeat:,})")
+    ap.add_argument("--samples", type=int, help=f"samples per program (default {samples})")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke test: {quick_repeat:,} runs x {quick_samples} samples, "
+                         "writes no results unless --out is given")
+    ap.add_argument("--out", type=Path, help=f"results file (default {results})")
+    args = ap.parse_args(argv)
+    n = args.repeat or (quick_repeat if args.quick else repeat)
+    k = args.samples or (quick_samples if args.quick else samples)
+    if n < 1 or k < 1:
+        ap.error("--repeat and --samples must be positive")
+    return n, k, args.out or (None if args.quick else results)
