@@ -63,6 +63,22 @@ TOPOLOGY = {
     "tbf": {"burst": "32kbit", "latency": "50ms"},
     # in-kernel path manager limits on client and server
     "mptcp_limits": {"subflows": 2, "add_addr_accepted": 2},
+    # The load-balancer profile of the Vagrant lab (MPTCPCTL_VAGRANT_PROFILE=lb): the server
+    # becomes an LB node in front of three backends. The netns LB lab builds the same shape
+    # in tests/lab/test_lb_lab.py.
+    "lb": {
+        "replaces": "server",
+        "nodes": [{"role": "lb", "netns": "mptcp-lb-{sfx}", "forward": True},
+                  *({"role": f"backend{i}", "netns": f"mptcp-b{i}-{{sfx}}", "forward": False}
+                    for i in (1, 2, 3))],
+        "links": [{"name": f"backend{i}",
+                   "a": {"node": f"backend{i}", "if": "be-{sfx}", "addr": f"10.81.1{i}.2/24",
+                         "addr6": f"fd81:1{i}::2/64"},
+                   "b": {"node": "lb", "if": f"lb{i}-{{sfx}}", "addr": f"10.81.1{i}.1/24",
+                         "addr6": f"fd81:1{i}::1/64"},
+                   "rate_mbit": None, "shape": False, "table": None, "default": True}
+                  for i in (1, 2, 3)],
+    },
 }
 
 PATH_NAMES = ("wifi", "lte")
