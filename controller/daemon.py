@@ -759,16 +759,27 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
                 return "stopped"
             time.sleep(0.05)
         raise MptcpctlError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
-    # No daemon: undo what a crashed one left behind.
+    # No daemon: undo what a crashed one left behind. When its namespace is gone too, so are
+    # its sysctls and interfaces: only files and pins remain.
     cleaned = False
-    with netns.entered(ns):
+    if ns and not netns.exists(ns):
         stale = saved_path(ns)
         if stale.exists():
-            undo_saved(stale.read_text())
+            # The sockops program hangs on the cgroup, not the namespace: it outlives both.
+            detach_saved_sockops(stale.read_text())
             cleaned = True
         if datapath.is_attached(ns):
             datapath.detach(ns)
             cleaned = True
+    else:
+        with netns.entered(ns):
+            stale = saved_path(ns)
+            if stale.exists():
+                undo_saved(stale.read_text())
+                cleaned = True
+            if datapath.is_attached(ns):
+                datapath.detach(ns)
+                cleaned = True
     for path in (control_path(ns), pidfile(ns), saved_path(ns)):
         if path.exists():
             path.unlink()
@@ -793,11 +804,17 @@ def undo_saved(text: str) -> None:
 
             with pm.MptcpPM() as p:
                 p.set_limits(**data["limits"])
-    if data.get("sockops_prog_id"):
-        from . import sockops
+    detach_saved_sockops(text)
 
-        with contextlib.suppress(Exception):
-            sockops.detach_by_id(int(data["sockops_prog_id"]))
+
+def detach_saved_sockops(text: str) -> None:
+    """Detach the sockops program whose id a daemon saved (it survives a SIGKILL)."""
+    with contextlib.suppress(Exception):
+        prog_id = json.loads(text or "{}").get("sockops_prog_id")
+        if prog_id:
+            from . import sockops
+
+            sockops.detach_by_id(int(prog_id))
 
 
 def remove_run_dirs(ns: str | None) -> None:

@@ -2,6 +2,7 @@
 Skips when not root, or fails instead with MPTCPCTL_REQUIRE_ALL=1 so CI cannot pass by
 skipping."""
 
+import contextlib
 import secrets
 import subprocess
 
@@ -40,6 +41,13 @@ def lab():
     try:
         yield labmod.lab_up(suffix)
     finally:
+        # A test that failed before its `mptcpctl down` must not leave a daemon, pins or run
+        # files behind: stop whatever runs in the lab's namespaces first.
+        from controller import daemon
+
+        for ns in labmod.get_lab(suffix).namespaces if labmod.get_lab(suffix) else []:
+            with contextlib.suppress(Exception):
+                daemon.stop_running(ns)
         labmod.lab_down(suffix)
         assert netns_with_suffix(suffix) == [], f"lab {suffix} left namespaces behind"
         assert host_links_with_suffix(suffix) == [], f"lab {suffix} left host interfaces"

@@ -328,3 +328,26 @@ def test_metrics_are_scraped_from_the_daemon(bare_lab):
     job.result()
     # No TCP listener outside the namespace, and none at all without --metrics.
     assert "9464" not in subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+
+
+def test_down_after_a_crash_and_a_deleted_namespace_removes_what_is_left(tmp_path):
+    from gates import missing_root_netns, skip_or_fail
+
+    skip_or_fail(missing_root_netns())
+    ns = f"mptcp-gone-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        cli("up", "--netns", ns)
+        prog = json.loads(daemon.saved_path(ns).read_text())["sockops_prog_id"]
+        os.kill(daemon.running_pid(ns), signal.SIGKILL)
+        poll("the daemon gone", lambda: daemon.running_pid(ns) is None)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert daemon.run_dir(ns).exists()  # what the crash left
+    assert "cleaned up" in cli("down", "--netns", ns).stdout
+    assert not daemon.run_dir(ns).exists()
+    assert not datapath.pin_dir(ns).exists()
+    from controller import sockops
+
+    assert prog not in sockops.attached_ids()
