@@ -158,8 +158,9 @@ class Daemon:
                 from .coupling import Coupler
                 from .sockops import SockOps
 
-                self.sockops = SockOps(self.ns, pin_to=datapath.pin_dir(self.ns))
-                self._save_extra(sockops_prog_id=self.sockops.prog_id)
+                self.sockops = SockOps(
+                    self.ns, pin_to=datapath.pin_dir(self.ns),
+                    on_loaded=lambda prog_id: self._save_extra(sockops_prog_id=prog_id))
                 self.coupler = Coupler(self.cfg.cc, self.sockops)
             if self.cfg.metrics:
                 from .metrics import Metrics, parse_listen

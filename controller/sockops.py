@@ -42,7 +42,9 @@ class SockOps:
     """Loaded and attached for the namespace this thread is in; close() lifts every clamp it
     set (as far as the sockets' next ACKs allow within `drain` seconds), detaches, unpins."""
 
-    def __init__(self, ns: str | None, pin_to: Path | None = None):
+    def __init__(self, ns: str | None, pin_to: Path | None = None, on_loaded=None):
+        """on_loaded(prog_id) runs before the program is attached, so whoever must detach it
+        after a crash can record its id first."""
         datapath.require_bpf()
         from bcc import BPF
 
@@ -63,6 +65,8 @@ class SockOps:
         cfg = PinnedMap(self.bpf[b"cc_config"].map_fd, C.c_uint32, abi.CcConfig)
         cfg.update(C.c_uint32(0), abi.CcConfig(netns_cookie=netns_cookie()))
         try:
+            if on_loaded is not None:
+                on_loaded(self.prog_id)
             self.cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
             self.bpf.attach_func(self.fn, self.cg_fd, BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI)
         except Exception as e:
