@@ -71,24 +71,35 @@ def ensure_bpffs() -> None:
         raise MissingFeature(f"bpffs is not mounted at {BPFFS} and mounting it failed")
 
 
+def compile_bpf(source: Path, cflags: list[str] | None = None):
+    """One of our BPF files compiled by BCC (a `bcc.BPF`), with bpf/ on the include path and
+    the compiler's noise kept off the terminal. Every loader here goes through it."""
+    require_bpf()
+    from bcc import BPF
+
+    flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *(cflags or [])]
+    try:
+        with _quiet_stderr():
+            return BPF(src_file=str(source).encode(), cflags=flags)
+    except Exception as e:  # BCC raises bare Exception for compile errors
+        raise DatapathError(f"compiling {source.name} failed: {e}") from e
+
+
 class Program:
     """One compiled instance of the datapath: both programs and their (private) maps."""
 
     def __init__(self, cflags: list[str] | None = None):
-        require_bpf()
         from bcc import BPF
 
         self._BPF = BPF
-        flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *(cflags or [])]
+        self.bpf = compile_bpf(SOURCE, cflags)
         try:
-            with _quiet_stderr():
-                self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=flags)
             self.xdp = self.bpf.load_func(b"mptcp_xdp", BPF.XDP)
             self.tc = self.bpf.load_func(b"mptcp_tc", BPF.SCHED_CLS)
             # The DSS checksum check, tail-called by mptcp_xdp from slot DSS_CSUM_PROG.
             self.dss_csum = self.bpf.load_func(b"mptcp_dss_csum", BPF.XDP)
             self.bpf[b"dss_csum_progs"][C.c_int(DSS_CSUM_PROG)] = C.c_int(self.dss_csum.fd)
-        except Exception as e:  # BCC raises bare Exception for compile and verifier errors
+        except Exception as e:  # BCC raises bare Exception for verifier errors
             raise DatapathError(f"loading the BPF datapath failed: {e}") from e
 
     def map_fd(self, name: str) -> int:

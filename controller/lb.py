@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import crypto, maglev, netns
 from .abi import Present
-from .datapath import BPF_DIR, RUN_ROOT, _quiet_stderr, require_bpf, scope_name
+from .datapath import BPF_DIR, RUN_ROOT, compile_bpf, require_bpf, scope_name
 from .errors import BadInput, DatapathError, MissingFeature, MptcpctlError
 from .lb_abi import (
     LB_MAX_BACKENDS,
@@ -54,14 +54,11 @@ class LbProgram:
     """One compiled, loaded instance of bpf/mptcp_lb.c with its (private) maps."""
 
     def __init__(self, cflags: list[str] | None = None):
-        require_bpf()
         from bcc import BPF
 
         self._BPF = BPF
-        flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *(cflags or [])]
+        self.bpf = compile_bpf(SOURCE, cflags)
         try:
-            with _quiet_stderr():
-                self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=flags)
             self.xdp = self.bpf.load_func(b"mptcp_lb", BPF.XDP)
         except Exception as e:  # BCC raises bare Exception for compile and verifier errors
             raise DatapathError(f"loading the load-balancer program failed: {e}") from e
@@ -760,10 +757,8 @@ def _attach_decap(iface: str, flags: int) -> None:
 
     if not _ip_json("link", "show", "dev", iface):
         raise BadInput(f"no interface named {iface!r}")
+    b = compile_bpf(SOURCE)
     try:
-        with _quiet_stderr():
-            b = BPF(src_file=str(SOURCE).encode(), cflags=[f"-I{BPF_DIR}",
-                                                            "-Wno-unused-function"])
         fn = b.load_func(b"mptcp_lb_decap", BPF.XDP)
         BPF.attach_xdp(iface.encode(), fn, flags)
     except Exception as e:

@@ -52,11 +52,8 @@ class SockOps:
         self.cgroup = cgroup2_root()
         self.pins: list[Path] = []
         self.cg_fd = -1
-        self.bpf = None
+        self.bpf = datapath.compile_bpf(SOURCE)
         try:
-            with datapath._quiet_stderr():
-                self.bpf = BPF(src_file=str(SOURCE).encode(),
-                               cflags=[f"-I{datapath.BPF_DIR}", "-Wno-unused-function"])
             self.fn = self.bpf.load_func(b"mptcp_sockops", BPF.SOCK_OPS)
         except Exception as e:
             raise DatapathError(f"loading the sockops program failed: {e}") from e
