@@ -763,24 +763,18 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
     # No daemon: undo what a crashed one left behind. When its namespace is gone too, so are
     # its sysctls and interfaces: only files and pins remain.
     cleaned = False
-    if ns and not netns.exists(ns):
-        stale = saved_path(ns)
-        if stale.exists():
+    stale = saved_path(ns)
+    if stale.exists():
+        if ns and not netns.exists(ns):
             # The sockops program hangs on the cgroup, not the namespace: it outlives both.
             detach_saved_sockops(stale.read_text())
-            cleaned = True
-        if datapath.is_attached(ns):
-            datapath.detach(ns)
-            cleaned = True
-    else:
-        with netns.entered(ns):
-            stale = saved_path(ns)
-            if stale.exists():
+        else:
+            with netns.entered(ns):
                 undo_saved(stale.read_text())
-                cleaned = True
-            if datapath.is_attached(ns):
-                datapath.detach(ns)
-                cleaned = True
+        cleaned = True
+    if datapath.is_attached(ns):  # detach() copes with a namespace that is gone
+        datapath.detach(ns)
+        cleaned = True
     for path in (control_path(ns), pidfile(ns), saved_path(ns)):
         if path.exists():
             path.unlink()
