@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_daemon_dispatch import FakePM
 
 from controller import config, control, pm
 from controller.config import DaemonConfig
 from controller.daemon import Daemon
-from controller.errors import BadInput, MptcpctlError
+from controller.errors import BadInput
 from controller.model import LocalAddr
 from controller.pm import PMEvent
 
@@ -103,20 +104,6 @@ def mutated_event_buffers(draw) -> bytes:
         out += msg
     cut = draw(st.none() | st.integers(0, len(out)))
     return out if cut is None else out[:cut]
-
-
-class FakePM:
-    """The path manager's commands, recorded; those named in `fail` raise as the kernel would."""
-
-    def __init__(self, fail=()):
-        self.calls, self.fail = [], set(fail)
-
-    def __getattr__(self, name):
-        def call(*args, **kw):
-            self.calls.append((name, args, kw))
-            if name in self.fail:
-                raise MptcpctlError(f"{name} failed")
-        return call
 
 
 def daemon(fail=()) -> Daemon:

@@ -24,19 +24,6 @@ puts JSON.generate({"nodes" => NODES.map { |n| n["role"] },
                     "scripts" => NODES.to_h { |n| [n["role"], node_script(TOPO, n, LINKS)] }})
 """
 # A stand-in for TOPOLOGY["lb"] while controller/lab.py has none (same shape as the lab's).
-LB_SAMPLE = {
-    "replaces": "server",
-    "nodes": [{"role": "lb", "netns": "mptcp-lb-{sfx}", "forward": True},
-              *({"role": f"backend{i}", "netns": f"mptcp-b{i}-{{sfx}}", "forward": False}
-                for i in (1, 2, 3))],
-    "links": [{"name": f"backend{i}",
-               "a": {"node": f"backend{i}", "if": "be-{sfx}", "addr": f"10.81.1{i}.2/24",
-                     "addr6": f"fd81:1{i}::2/64"},
-               "b": {"node": "lb", "if": f"lb{i}-{{sfx}}", "addr": f"10.81.1{i}.1/24",
-                     "addr6": f"fd81:1{i}::1/64"},
-               "rate_mbit": None, "shape": False, "table": None, "default": True}
-              for i in (1, 2, 3)],
-}
 
 
 def env(**extra) -> dict:
@@ -80,7 +67,7 @@ def test_the_vagrantfile_is_valid_ruby():
 def test_vagrant_validates_the_vagrantfile(tmp_path, profile):
     vagrant = need("vagrant")
     topo = tmp_path / "topology.json"
-    topo.write_text(json.dumps({"lb": LB_SAMPLE, **TOPOLOGY}))
+    topo.write_text(json.dumps(TOPOLOGY))
     extra = {"MPTCPCTL_VAGRANT_PROFILE": profile, "VAGRANT_CWD": str(VAGRANT_DIR),
              # keep .vagrant/ and Vagrant's home out of the repository and the user's home
              "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
@@ -120,7 +107,7 @@ def test_the_client_has_a_wifi_and_an_lte_nic():
 
 def test_the_lb_profile_puts_an_lb_and_three_backends_in_the_servers_place(tmp_path):
     topo = tmp_path / "topology.json"
-    topo.write_text(json.dumps({"lb": LB_SAMPLE, **TOPOLOGY}))
+    topo.write_text(json.dumps(TOPOLOGY))
     got = derived(tmp_path, MPTCPCTL_VAGRANT_PROFILE="lb", MPTCPCTL_TOPOLOGY_JSON=str(topo))
     assert got["nodes"] == ["client", "router", "lb", "backend1", "backend2", "backend3"]
     server = next(lk for lk in TOPOLOGY["links"] if lk["name"] == "server")["a"]
