@@ -30,6 +30,8 @@ KEYS: dict[str, tuple] = {
     "cc": ("lia", str, "coupled congestion control: lia, olia, balia or uncoupled"),
     "cc_period_ms": (20, int, "how often the coupled windows are recomputed and pushed"),
     "metrics": ("", str, "Prometheus endpoint PORT, ADDR:PORT or [IPV6]:PORT (empty: off)"),
+    # --- DSS checksum fix (controller/dssfix.py) ---
+    "fix_dss_checksum": (False, bool, "gateway: fix the DSS checksum of segments an ALG rewrote"),
 }
 
 
@@ -51,6 +53,7 @@ class DaemonConfig:
     cc: str = "lia"
     cc_period_ms: int = 20
     metrics: str = ""
+    fix_dss_checksum: bool = False  # DSS checksum fix at tc egress (controller/dssfix.py)
     source: str | None = field(default=None, compare=False)  # the file it came from
 
     def validate(self) -> DaemonConfig:

@@ -84,7 +84,7 @@ def check_features(ns: str | None, cfg: DaemonConfig) -> None:
         raise MissingFeature("MPTCP is disabled or missing (sysctl net.mptcp.enabled=1)")
     if cfg.pm == "userspace" and not sysctl.userspace_pm_available(ns):
         raise MissingFeature("this kernel has no userspace path manager (needs 5.19+)")
-    if cfg.datapath:
+    if cfg.datapath or cfg.fix_dss_checksum:
         datapath.require_bpf()
     if not cgroup2_mount():
         raise MissingFeature("no cgroup v2 hierarchy is mounted")
@@ -114,6 +114,7 @@ class Daemon:
         self.handover_from: dict[int, float] = {}          # token -> when it lost its last path
         self.saved: sysctl.SavedSysctls | None = None
         self.attachment: datapath.Attachment | None = None
+        self.dssfix = None           # controller.dssfix.DssFix with cfg.fix_dss_checksum
         self.sockops = None
         self.coupler = None
         self.next_cc = 0.0
@@ -154,6 +155,10 @@ class Daemon:
             self._check_ifaces()
             if self.cfg.datapath:
                 self.attachment = datapath.Attachment(self.ns)
+            if self.cfg.fix_dss_checksum:
+                from .dssfix import DssFix
+
+                self.dssfix = DssFix(self.ns)
             if self.cfg.cc != "uncoupled":
                 from .coupling import Coupler
                 from .sockops import SockOps
@@ -189,6 +194,10 @@ class Daemon:
         if datapath.is_attached(self.ns):
             datapath.detach(self.ns)
             log.info("removed a stale datapath (pins and programs of a previous daemon)")
+        from . import dssfix
+
+        if dssfix.detach_stale(self.ns):
+            log.info("removed a stale DSS checksum fix (tc filters of a previous daemon)")
 
     def _persist_saved(self) -> None:
         saved_path(self.ns).write_text(self.saved.to_json())
@@ -234,6 +243,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.sockops.close()
             self.sockops = self.coupler = None
+        if self.dssfix is not None:
+            with contextlib.suppress(Exception):
+                self.dssfix.close()
+            self.dssfix = None
         if self.attachment is not None:
             with contextlib.suppress(Exception):
                 self.attachment.close()
@@ -301,6 +314,7 @@ class Daemon:
 
     def _refresh_net(self) -> None:
         self.net.update(self.netmon.snapshot())
+        self._sync_dssfix()
         if self.attachment is not None:
             up = {name for name, _idx, is_up in self.netmon.interfaces() if is_up}
             managed = {a.ifname for a in self.net.addrs.values()} | (up & set(self.cfg.ifaces))
@@ -314,6 +328,23 @@ class Daemon:
             for name in set(self.attachment.ifaces) - present:
                 self.attachment.forget(name)
         self.reconcile()
+
+    def _sync_dssfix(self) -> None:
+        """The DSS checksum fix on every up, managed interface: a gateway forwards between
+        them all, and the fix acts where segments leave."""
+        if self.dssfix is None:
+            return
+        present = set()
+        for name, _idx, is_up in self.netmon.interfaces():
+            present.add(name)
+            if is_up and name not in self.dssfix.ifaces:
+                try:
+                    self.dssfix.add(name)
+                    self._note("dss_fix", f"attached to {name}")
+                except MptcpctlError as e:
+                    log.warning("DSS checksum fix on %s: %s", name, e)
+        for name in set(self.dssfix.ifaces) - present:
+            self.dssfix.forget(name)
 
     def handle_pm_event(self, ev) -> None:
         """mptcpd's flat dispatch: one handler per event type; each checks what it needs."""
@@ -716,9 +747,20 @@ class Daemon:
             "datapath": {"ifaces": self.attachment.ifaces if self.attachment else [],
                          "counters": counters},
             "connections": conns,
+            "dss_fix": self._dssfix_view(),
             "health": self.health.view() if self.health is not None else [],
             "events": list(self.events)[-50:],
         }
+
+
+    def _dssfix_view(self) -> dict | None:
+        """What the DSS checksum fix did (None when it is off)."""
+        if self.dssfix is None:
+            return None
+        try:
+            return self.dssfix.view()
+        except Exception as e:  # a map read must never break status
+            return {"error": str(e)}
 
 
 def serve(cfg: DaemonConfig, ready_fd: int | None = None) -> None:
@@ -774,6 +816,10 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
         cleaned = True
     if datapath.is_attached(ns):  # detach() copes with a namespace that is gone
         datapath.detach(ns)
+        cleaned = True
+    from . import dssfix
+
+    if dssfix.detach_stale(ns):  # copes with a namespace that is gone, too
         cleaned = True
     for path in (control_path(ns), pidfile(ns), saved_path(ns)):
         if path.exists():

@@ -43,8 +43,11 @@ STARTUP_TIMEOUT = 60.0
               help="Serve Prometheus metrics there (PORT alone: 127.0.0.1; [::1]:PORT for IPv6).")
 @click.option("--config", "config_file", metavar="FILE", default=None,
               help=f"Settings file (default {configmod.DEFAULT_PATH}, if present).")
+@click.option("--fix-dss-checksum", is_flag=True,
+              help="Gateway with a payload-rewriting ALG: fix the DSS checksums it breaks "
+                   "(docs/dssfix.md).")
 def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports, cc,
-       no_datapath, metrics, config_file):
+       no_datapath, metrics, config_file, fix_dss_checksum):
     """Start the path manager for this (or --netns) namespace."""
     require_root("up")
     cfg = configmod.load(config_file, required=config_file is not None)
@@ -69,6 +72,8 @@ def up(netns, foreground, ifaces, exclude, pm, policy, backup_ifaces, ndiffports
         overrides["cc"] = cc
     if metrics is not None:
         overrides["metrics"] = metrics
+    if fix_dss_checksum:
+        overrides["fix_dss_checksum"] = True
     cfg = dataclasses.replace(cfg, **overrides).validate()
     pid = daemon.running_pid(netns)
     if pid:

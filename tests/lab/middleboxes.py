@@ -218,28 +218,45 @@ def rewrite_sequence_numbers(lab, delta: int = 0x1234567):
         bpf.cleanup()
 
 
+# tc priority of the ALG's ingress filter, so that it can leave alone a clsact qdisc it found
+# (the DSS checksum fix's, on a gateway running `mptcpctl up --fix-dss-checksum`).
+ALG_PRIO = 0xA16
+
+
 @contextlib.contextmanager
 def modify_payload(lab, nth: int = 200):
     """PAYLOAD_ALG_C on tc ingress of the router's client-facing ports (one count over all
-    paths). Yields a function returning how many segments it modified so far."""
+    paths). Yields a function returning how many segments it modified so far. A clsact qdisc
+    already there is shared, and only the ALG's filter is removed from it on exit."""
     from bcc import BPF
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
     bpf = BPF(text=PAYLOAD_ALG_C.encode(), cflags=[f"-DNTH={nth}", "-Wno-unused-function"])
-    attached = []
+    attached = []   # (ifname, whether we added its clsact)
     try:
         with netns.entered(lab.router), IPRoute() as ipr:
             for p in lab.paths.values():
                 fn = bpf.load_func(b"alg_from_client", BPF.SCHED_CLS)
                 idx = ipr.link_lookup(ifname=p.router_if)[0]
-                ipr.tc("add", "clsact", idx)
-                attached.append(p.router_if)
+                try:
+                    ipr.tc("add", "clsact", idx)
+                    added = True
+                except NetlinkError as e:
+                    if e.code != 17:  # EEXIST
+                        raise
+                    added = False
+                attached.append((p.router_if, added))
                 ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name="alg_from_client",
-                       parent=TC_INGRESS_PARENT, classid=1, direct_action=True)
+                       parent=TC_INGRESS_PARENT, prio=ALG_PRIO, classid=1, direct_action=True)
         yield lambda: sum(v.value for v in bpf[b"rewritten"].values())
     finally:
-        for ifname in attached:
-            router(lab, "tc", "qdisc", "del", "dev", ifname, "clsact", check=False)
+        for ifname, added in attached:
+            if added:
+                router(lab, "tc", "qdisc", "del", "dev", ifname, "clsact", check=False)
+            else:
+                router(lab, "tc", "filter", "del", "dev", ifname, "ingress", "pref",
+                       str(ALG_PRIO), check=False)
         bpf.cleanup()
 
 
