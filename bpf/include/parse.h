@@ -33,6 +33,7 @@ struct pkt_info {
 	__u16 sport; /* network byte order */
 	__u16 dport;
 	__u16 payload; /* TCP payload bytes by the IP length fields */
+	__u32 seq;     /* TCP sequence number, host order */
 	__u32 l3_len;  /* IP total length (IPv6: payload length + 40) */
 	__u32 l3_hdrs; /* bytes from the IP header to the end of the extension headers */
 	__u32 tcp_off; /* offset of the TCP header from the packet start */
@@ -136,6 +137,7 @@ static __always_inline int parse_tcp(struct cursor *c, void *data, struct pkt_in
 	pi->sport = th->source;
 	pi->dport = th->dest;
 	pi->tcp_flags = ((__u8 *)th)[13];
+	pi->seq = bpf_ntohl(th->seq);
 	pi->tcp_off = c->pos - data;
 	pi->opt_len = hlen - sizeof(*th);
 	pi->opts = th + 1;
