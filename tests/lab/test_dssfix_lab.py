@@ -186,3 +186,30 @@ def test_without_the_fix_the_receiver_sends_mp_fail(csum_lab):
     assert f["DataCsumErr"] >= 1 and f["MPFailTx"] >= 1, f
     assert len(sent["subflows"]) < 2, sent["subflows"]   # the failed subflow was closed
     assert "clsact" not in router_tc(lab)
+
+
+def test_down_after_a_crashed_gateway_daemon_removes_the_fix(csum_lab):
+    """SIGKILL leaves the filters attached (traffic keeps flowing through them); `down`
+    removes them, the clsact qdiscs and the state file."""
+    import os
+    import signal
+    import time
+
+    from controller import daemon, dssfix
+
+    lab = csum_lab
+    cli("up", "--netns", lab.router, "--pm", "kernel", "--no-datapath", "--cc", "uncoupled",
+        "--fix-dss-checksum")
+    assert router_tc(lab).count("mptcpctl_dssfix") == 3
+    pid = daemon.running_pid(lab.router)
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if daemon.running_pid(lab.router) is None:
+            break
+        time.sleep(0.05)
+    assert "mptcpctl_dssfix" in router_tc(lab)
+    assert dssfix.state_file(lab.router).exists()
+    assert "cleaned up" in cli("down", "--netns", lab.router).stdout
+    assert "clsact" not in router_tc(lab) and "bpf" not in router_tc(lab)
+    assert not dssfix.state_file(lab.router).exists()
+    assert not (datapath.RUN_ROOT / lab.router).exists()
