@@ -146,7 +146,8 @@ def test_nat_on_one_path_works_and_an_unreachable_announced_address_is_given_up(
 def test_modified_payload_is_caught_by_the_dss_checksum_and_reported(bare_lab):
     """Case 5: an ALG flips payload bytes and fixes the TCP checksum, with DSS checksums on
     both ends. The receiver's datapath (the server runs mptcpctl here, watching) sees the
-    mismatch and names the path; the kernel's MP_FAIL handling keeps the data intact."""
+    mismatch and names the path; the kernel's MP_FAIL handling keeps the data intact.
+    The same case with `up --fix-dss-checksum` on the router: tests/lab/test_dssfix_lab.py."""
     lab = bare_lab
     for ns in (lab.client, lab.server):
         labmod.ns_exec(ns, ["sysctl", "-qw", "net.mptcp.checksum_enabled=1"], check=True)
