@@ -1,7 +1,8 @@
 /* mptcp_dssfix.c: the opt-in DSS checksum fix (`mptcpctl up --fix-dss-checksum`), a tc egress
  * program for gateways whose ALG rewrites payload bytes without changing their length. A
  * segment that carries a whole checksummed DSS mapping gets its DSS checksum recomputed when
- * its TCP checksum shows the change was deliberate; see docs/dssfix.md for what it cannot do. */
+ * its TCP checksum shows the change was deliberate; see docs/dssfix.md for what it cannot do.
+ * Attached at a priority before the datapath's filter; passes every packet on (TC_ACT_UNSPEC). */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -325,9 +326,11 @@ static __always_inline void dssfix(struct __sk_buff *skb)
 	note_flow(&pi, 1, 1, 0, 0);
 }
 
-/* tc egress: never drops or delays; rewrites only as described above. */
+/* tc egress: never drops or delays; rewrites only as described above. TC_ACT_UNSPEC, not
+ * TC_ACT_OK: in direct-action mode OK ends the filter chain, and the datapath's egress filter
+ * (the next priority) must still see every packet. At the chain's end UNSPEC passes it. */
 int mptcp_dssfix(struct __sk_buff *skb)
 {
 	dssfix(skb);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }

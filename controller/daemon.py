@@ -243,14 +243,15 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.sockops.close()
             self.sockops = self.coupler = None
-        if self.dssfix is not None:
-            with contextlib.suppress(Exception):
-                self.dssfix.close()
-            self.dssfix = None
         if self.attachment is not None:
             with contextlib.suppress(Exception):
                 self.attachment.close()
             self.attachment = None
+        # After the datapath: whichever of the two added a shared clsact qdisc, it goes.
+        if self.dssfix is not None:
+            with contextlib.suppress(Exception):
+                self.dssfix.close()
+            self.dssfix = None
         if getattr(self, "_ipr", None) is not None:
             with contextlib.suppress(Exception):
                 self._ipr.close()

@@ -15,14 +15,16 @@ from .libbpf import PinnedMap, test_run
 
 SOURCE = datapath.BPF_DIR / "mptcp_dssfix.c"
 # Our tc egress filter's priority and handle: not the datapath's (0xC0DE), so each side
-# removes only its own.
-TC_PRIO = 0xD55F
+# removes only its own; a lower number, so ours runs first and passes the packet on (it
+# returns TC_ACT_UNSPEC): the datapath's filter returns TC_ACT_OK, which ends the chain.
+TC_PRIO = 0xC0D0
 TC_HANDLE = 0xD55F
 TC_EGRESS_PARENT = datapath.TC_EGRESS_PARENT
 TC_INGRESS_PARENT = 0xFFFFFFF2
 # dssfix_counters slots, in the order of enum dssfix_counter (bpf/mptcp_dssfix.c): update both.
 COUNTERS = ("checked", "ok", "fixed", "fixed_partial", "corrupt", "spanning", "skipped")
-TC_ACT_OK = 0
+# The program's verdict for every packet: "no opinion, next filter" (passes at the end).
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as test-run's unsigned retval
 
 
 class DssFixFlow(C.Structure):

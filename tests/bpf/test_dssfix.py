@@ -1,7 +1,8 @@
 """The DSS checksum fix (bpf/mptcp_dssfix.c) on crafted segments, by test-run: a right DSS
 checksum is left alone; a payload an ALG changed (TCP checksum valid) gets the DSS checksum of
 its new bytes with the TCP checksum still valid; a corrupted segment (TCP checksum wrong) is
-left for MP_FAIL; what it cannot fix goes by untouched. The verdict is always TC_ACT_OK."""
+left for MP_FAIL; what it cannot fix goes by untouched. The verdict is always TC_ACT_UNSPEC:
+pass, and let the next filter on the interface (the datapath's) see the packet too."""
 
 import socket
 import struct
@@ -18,7 +19,7 @@ CLIENT6, SERVER6 = "2001:db8::10", "2001:db8:ffff::20"
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 DSN = 0x0123_4567_89AB_0000
 SSN = 1_000_001
-TC_ACT_OK = 0
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1, as test-run reports it
 PAYLOAD = bytes((i * 7 + 3) & 0xFF for i in range(1000))
 TIMESTAMPS = b"\x08\x0a" + struct.pack("!II", 0x01020304, 0x0A0B0C0D)
 
@@ -106,7 +107,7 @@ def prog(loaded):
 
 def run(prog, raw: bytes) -> bytes:
     verdict, out = prog.run(raw)
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_UNSPEC
     assert len(out) == len(raw)
     return out
 

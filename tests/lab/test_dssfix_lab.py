@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import datapath
+from controller import abi, datapath
 from controller import lab as labmod
 
 from . import middleboxes as mb
@@ -213,3 +213,32 @@ def test_down_after_a_crashed_gateway_daemon_removes_the_fix(csum_lab):
     assert "clsact" not in router_tc(lab) and "bpf" not in router_tc(lab)
     assert not dssfix.state_file(lab.router).exists()
     assert not (datapath.RUN_ROOT / lab.router).exists()
+
+
+def test_the_fix_and_the_datapath_share_a_gateway_and_down_leaves_nothing(csum_lab):
+    """With the datapath on too, both filters sit on one clsact qdisc per interface (in
+    whichever order they came); down removes both and the qdisc."""
+    lab = csum_lab
+    cli("up", "--netns", lab.router, "--pm", "kernel", "--cc", "uncoupled",
+        "--fix-dss-checksum")
+    tc = router_tc(lab)
+    assert tc.count("mptcpctl_dssfix") == 3 and "mptcpctl" in tc.replace("mptcpctl_dssfix", "")
+    with mb.modify_payload(lab, nth=NTH) as modified:
+        sent, got = send_messages(lab)
+        assert modified() == 1
+    assert len(got["diffs"]) == 1 and len(sent["subflows"]) == 2
+    assert all(v == 0 for v in failures(lab).values()), failures(lab)
+    # The datapath's egress filter, after ours in the chain, still saw the data go out.
+    pinned = datapath.PinnedDatapath(lab.router)
+    try:
+        egress = sum(v.dir[abi.Direction.DIR_EGRESS].bytes for _k, v in pinned.subflows.items())
+    finally:
+        pinned.close()
+    assert egress >= MESSAGES * SIZE
+    cli("down", "--netns", lab.router)
+    assert "clsact" not in router_tc(lab) and "bpf" not in router_tc(lab)
+    for dev in [p.router_if for p in lab.paths.values()] + [lab.router_server_if]:
+        link = labmod.ns_exec(lab.router, ["ip", "link", "show", dev], capture_output=True,
+                              text=True).stdout
+        assert "xdp" not in link
+    assert not datapath.pin_dir(lab.router).exists()
