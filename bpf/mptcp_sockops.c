@@ -1,26 +1,49 @@
 /* mptcp_sockops.c: the sockops program (cgroup v2) of the coupled congestion control. It
  * follows every MPTCP subflow socket of one network namespace: records its TCP state on
- * establishment and every RTT sample, and applies the window clamp the controller computed
- * (TCP_BPF_SNDCWND_CLAMP). Plain TCP sockets and other namespaces are left alone. */
+ * establishment and every RTT sample (in practice every ACK that acknowledges data), runs the
+ * coupled algorithm of include/coupled.h on it and applies the resulting window with
+ * TCP_BPF_SNDCWND_CLAMP. Plain TCP sockets and other namespaces are left alone. */
 #define MPTCPCTL_SOCKOPS 1
 #include <uapi/linux/bpf.h>
 
 #include "include/abi.h"
 #include "include/maps.h"
+#include "include/coupled.h"
+
+/* cc_params: one struct cc_params. Written by the controller (algorithm, CC_LIFT at `down`);
+ * read on every ACK. */
+BPF_ARRAY(cc_params, struct cc_params, 1);
+
+/* cc_sf: struct flow_key -> struct cc_sf, the coupling's state of one subflow. Written and read
+ * by this program only; deleted on close. */
+BPF_TABLE("lru_hash", struct flow_key, struct cc_sf, cc_sf, SUBFLOW_ENTRIES);
+
+/* cc_conns: __u64 MPTCP socket (its address: unique while it lives) -> struct cc_conn, every
+ * subflow's coupled window and RTT as its siblings see them. Written and read by this program;
+ * a subflow frees its slot on close. */
+BPF_TABLE("lru_hash", __u64, struct cc_conn, cc_conns, CONN_ENTRIES);
+/* cc_zero: one all-zero struct cc_conn to create cc_conns entries from (too big for the stack). */
+BPF_ARRAY(cc_zero, struct cc_conn, 1);
+
+/* Set at `down`: every clamp goes back to CLAMP_NONE on the subflow's next ACK. */
+#define CC_LIFT 255
 
 #define SOL_TCP_ 6
 #define AF_INET_ 2
 #define AF_INET6_ 10
 
-static __always_inline int ours(struct bpf_sock_ops *skops)
+/* The subflow's MPTCP socket as a connection id, 0 if this is not a subflow of ours. */
+static __always_inline __u64 ours(struct bpf_sock_ops *skops)
 {
 	__u32 zero = 0;
 	struct cc_config *cfg = cc_config.lookup(&zero);
 	if (!cfg || !cfg->netns_cookie || bpf_get_netns_cookie(skops) != cfg->netns_cookie)
 		return 0;
 	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
 	/* An MPTCP subflow is a TCP socket whose owner is an MPTCP socket. */
-	return sk && bpf_skc_to_mptcp_sock(sk) != 0;
+	return (__u64)bpf_skc_to_mptcp_sock(sk);
 }
 
 static __always_inline int key_of(struct bpf_sock_ops *skops, struct flow_key *k)
@@ -49,8 +72,162 @@ static __always_inline int key_of(struct bpf_sock_ops *skops, struct flow_key *k
 	return -1;
 }
 
-/* Record the subflow's state; apply the controller's clamp when it changed. */
-static __always_inline void record(struct bpf_sock_ops *skops, struct flow_key *k)
+static __always_inline __u32 flow_id(const struct flow_key *k)
+{
+	__u32 a, b;
+	__builtin_memcpy(&a, k->laddr + 12, 4);
+	__builtin_memcpy(&b, k->raddr + 12, 4);
+	__u32 id = ((__u32)k->lport << 16 | k->rport) ^ a ^ (b * 2654435761u) ^ k->laddr[0];
+	return id ? id : 1;
+}
+
+/* The slot of c that subflow `id` owns, taking a free one if it has none; CC_SLOTS if full.
+ * Branch-free over the slots (see coupled.h). */
+static __always_inline __u32 take_slot(struct cc_conn *c, __u32 id, __u32 hint)
+{
+	if (hint < CC_SLOTS && c->sl[hint].id == id)
+		return hint;
+	__u64 found = CC_SLOTS, free = CC_SLOTS;
+#pragma unroll
+	for (int j = 0; j < CC_SLOTS; j++) {
+		__u64 sid = c->sl[j].id;
+		found = cc_sel(cc_eq(sid, id) * cc_eq(found, CC_SLOTS), j, found);
+		free = cc_sel(cc_eq(sid, 0) * cc_eq(free, CC_SLOTS), j, free);
+	}
+	if (found < CC_SLOTS)
+		return found;
+	if (free < CC_SLOTS) {
+		struct cc_slot *sl = &c->sl[free & (CC_SLOTS - 1)];
+		__builtin_memset(sl, 0, sizeof(*sl));
+		sl->id = id;
+	}
+	return free;
+}
+
+/* One ACK of the coupled algorithm: returns the window (packets) the subflow may have now, or 0
+ * while it is in its first slow start (RFC 6356 couples congestion avoidance only).
+ *
+ * A loss episode is a drop of ssthresh below the value we last saw: the kernel's Reno halved
+ * (fast recovery) or restarted (timeout); ours then follows it (BALIA cuts deeper), and the
+ * clamp, which also sets ssthresh, never raises it again. Between losses the coupled window
+ * grows per acked packet by the algorithm's increase, but only while the kernel's own window
+ * has reached it: a subflow held back by something else (recovery, the receiver, the
+ * application) earns no credit it did not test. */
+static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flow_key *k, __u64 msk,
+				    __u32 algo, __u32 min_clamp)
+{
+	__u32 cwnd = skops->snd_cwnd, ss = skops->snd_ssthresh, mss = skops->mss_cache;
+	__u64 total = skops->bytes_acked;
+	struct cc_sf *sf = cc_sf.lookup((struct flow_key *)k);
+	if (!sf || sf->conn != msk) {
+		struct cc_sf init = {};
+		init.conn = msk;
+		init.bytes_acked = total;
+		init.w = cwnd << W_SHIFT;
+		init.last_ssthresh = ss;
+		init.slot = CC_SLOTS;
+		cc_sf.update((struct flow_key *)k, &init);
+		sf = cc_sf.lookup((struct flow_key *)k);
+		if (!sf)
+			return 0;
+	}
+	struct cc_conn *c = cc_conns.lookup(&msk);
+	if (!c) {
+		__u32 zero = 0;
+		struct cc_conn *z = cc_zero.lookup(&zero);
+		if (!z)
+			return 0;
+		cc_conns.insert(&msk, z);
+		c = cc_conns.lookup(&msk);
+		if (!c)
+			return 0;
+	}
+	__u32 slot = take_slot(c, flow_id(k), sf->slot);
+	if (slot >= CC_SLOTS)
+		return 0; /* more subflows than the kernel allows: leave this one alone */
+	sf->slot = slot;
+	struct cc_slot *me = &c->sl[slot & (CC_SLOTS - 1)];
+
+	__u64 acked = total - sf->bytes_acked;
+	sf->bytes_acked = total;
+	__u32 w = sf->w;
+	__u32 cw = cwnd > (CC_MAX_W >> W_SHIFT) ? (CC_MAX_W >> W_SHIFT) : cwnd;
+	if (ss != sf->last_ssthresh) {
+		if (ss < sf->last_ssthresh) {
+			__u32 nw = ss << W_SHIFT;
+			if (algo == CC_BALIA && sf->coupled) {
+				struct cc_sums sums;
+				cc_sum(c, slot, &sums);
+				__u32 b = cc_balia_decrease(&sums, w);
+				if (b < nw)
+					nw = b;
+			}
+			w = nw;
+			sf->losses++;
+			sf->coupled = 1;
+			me->l1 = me->l2;
+			me->l2 = 0;
+		} else if ((cw << W_SHIFT) > w) {
+			w = cw << W_SHIFT; /* an undo: the kernel took a spurious loss back */
+		}
+		sf->last_ssthresh = ss;
+	} else if (!sf->coupled) {
+		w = cw << W_SHIFT;
+	} else if (cw + 1 >= (w >> W_SHIFT) && mss) {
+		w = cc_grow(algo, c, slot, w, (acked << W_SHIFT) / mss);
+		if (w > ((cw + 2) << W_SHIFT) - 1)
+			w = ((cw + 2) << W_SHIFT) - 1;
+	}
+	me->l2 += acked;
+	if (w < (min_clamp << W_SHIFT))
+		w = min_clamp << W_SHIFT;
+	sf->w = w;
+	me->w = w;
+	me->rtt_us = skops->srtt_us >> 3;
+	return sf->coupled ? w >> W_SHIFT : 0;
+}
+
+static __always_inline void set_clamp(struct bpf_sock_ops *skops, struct sf_tcp_state *st,
+				      const struct flow_key *k, __u32 val)
+{
+	int v = val;
+	if (bpf_setsockopt(skops, SOL_TCP_, TCP_BPF_SNDCWND_CLAMP, &v, sizeof(v)) != 0)
+		return;
+	st->clamp = val;
+	/* The kernel set ssthresh to the clamp as well: not a loss. */
+	struct cc_sf *sf = cc_sf.lookup((struct flow_key *)k);
+	if (sf) {
+		sf->pushed = val;
+		sf->last_ssthresh = val;
+	}
+}
+
+/* Forget a closing subflow: free its slot in the connection, drop its state. */
+static __always_inline void forget(const struct flow_key *k)
+{
+	struct cc_sf *sf = cc_sf.lookup((struct flow_key *)k);
+	if (sf) {
+		__u64 msk = sf->conn;
+		struct cc_conn *c = cc_conns.lookup(&msk);
+		if (c && sf->slot < CC_SLOTS) {
+			struct cc_slot *me = &c->sl[sf->slot & (CC_SLOTS - 1)];
+			if (me->id == flow_id(k))
+				__builtin_memset(me, 0, sizeof(*me));
+			__u64 live = 0;
+#pragma unroll
+			for (int j = 0; j < CC_SLOTS; j++)
+				live |= c->sl[j].id;
+			if (!live)
+				cc_conns.delete(&msk);
+		}
+		cc_sf.delete((struct flow_key *)k);
+	}
+	tcp_state.delete((struct flow_key *)k);
+}
+
+/* Record the subflow's state, run the coupled algorithm, apply a changed clamp. A clamp the
+ * controller wrote into cwnd_clamp is an upper bound on top (CLAMP_NONE there lifts ours). */
+static __always_inline void record(struct bpf_sock_ops *skops, struct flow_key *k, __u64 msk)
 {
 	struct sf_tcp_state st = {};
 	struct sf_tcp_state *old = tcp_state.lookup(k);
@@ -65,35 +242,48 @@ static __always_inline void record(struct bpf_sock_ops *skops, struct flow_key *
 	st.packets_out = skops->packets_out;
 	st.total_retrans = skops->total_retrans;
 	st.state = skops->state;
-	__u32 *want = cwnd_clamp.lookup(k);
-	if (want && *want && *want != st.clamp) {
-		int val = *want;
-		if (bpf_setsockopt(skops, SOL_TCP_, TCP_BPF_SNDCWND_CLAMP, &val, sizeof(val)) == 0)
-			st.clamp = *want;
+	__u32 zero = 0;
+	struct cc_params *p = cc_params.lookup(&zero);
+	__u32 algo = p ? p->algo : CC_UNCOUPLED;
+	__u32 target = 0;
+	if (algo == CC_LIFT) {
+		if (st.clamp && st.clamp != CLAMP_NONE)
+			target = CLAMP_NONE;
+	} else if (algo != CC_UNCOUPLED) {
+		__u32 min_clamp = p && p->min_clamp ? p->min_clamp : CC_MIN_CLAMP;
+		target = couple(skops, k, msk, algo, min_clamp);
 	}
+	__u32 *want = cwnd_clamp.lookup(k);
+	if (want && *want && (!target || *want < target || *want == CLAMP_NONE))
+		target = *want;
+	if (target && target != st.clamp)
+		set_clamp(skops, &st, k, target);
 	tcp_state.update(k, &st);
 }
 
 int mptcp_sockops(struct bpf_sock_ops *skops)
 {
 	struct flow_key k = {};
+	__u64 msk;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (!ours(skops) || key_of(skops, &k))
+		msk = ours(skops);
+		if (!msk || key_of(skops, &k))
 			break;
 		bpf_sock_ops_cb_flags_set(skops,
 					  BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
-		record(skops, &k);
+		record(skops, &k, msk);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 		/* Sockets another namespace's daemon enabled get here too: check again. */
-		if (ours(skops) && key_of(skops, &k) == 0)
-			record(skops, &k);
+		msk = ours(skops);
+		if (msk && key_of(skops, &k) == 0)
+			record(skops, &k, msk);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE && key_of(skops, &k) == 0)
-			tcp_state.delete(&k);
+			forget(&k);
 		break;
 	}
 	return 1;

@@ -28,7 +28,6 @@ KEYS: dict[str, tuple] = {
     "retry_attempts": (8, int, "attempts per subflow before giving up until the network changes"),
     "datapath": (True, bool, "attach the BPF datapath to managed interfaces"),
     "cc": ("lia", str, "coupled congestion control: lia, olia, balia or uncoupled"),
-    "cc_period_ms": (20, int, "how often the coupled windows are recomputed and pushed"),
     "metrics": ("", str, "Prometheus endpoint PORT, ADDR:PORT or [IPV6]:PORT (empty: off)"),
     # --- DSS checksum fix (controller/dssfix.py) ---
     "fix_dss_checksum": (False, bool, "gateway: fix the DSS checksum of segments an ALG rewrote"),
@@ -51,7 +50,6 @@ class DaemonConfig:
     retry_attempts: int = 8
     datapath: bool = True
     cc: str = "lia"
-    cc_period_ms: int = 20
     metrics: str = ""
     fix_dss_checksum: bool = False  # DSS checksum fix at tc egress (controller/dssfix.py)
     source: str | None = field(default=None, compare=False)  # the file it came from
@@ -71,8 +69,6 @@ class DaemonConfig:
             raise BadInput("retry_attempts must be at least 1")
         if self.cc not in ("lia", "olia", "balia", "uncoupled"):
             raise BadInput(f"unknown cc {self.cc!r} (lia, olia, balia, uncoupled)")
-        if not 5 <= self.cc_period_ms <= 1000:
-            raise BadInput("cc_period_ms must be between 5 and 1000")
         if self.metrics:
             from .metrics import parse_listen
 

@@ -117,7 +117,6 @@ class Daemon:
         self.dssfix = None           # controller.dssfix.DssFix with cfg.fix_dss_checksum
         self.sockops = None
         self.coupler = None
-        self.next_cc = 0.0
         self.metrics = None          # controller.metrics.Metrics when cfg.metrics is set
         self.next_metrics = 0.0
         self.health: health.HealthMonitor | None = None   # hostile-network findings
@@ -240,6 +239,8 @@ class Daemon:
                 self.metrics.close()
             self.metrics = None
         if self.sockops is not None:
+            with contextlib.suppress(Exception):
+                self.coupler.lift()
             with contextlib.suppress(Exception):
                 self.sockops.close()
             self.sockops = self.coupler = None
@@ -391,8 +392,6 @@ class Daemon:
 
     def _ev_closed(self, ev) -> None:
         self.conns.pop(ev.token, None)
-        if self.coupler is not None:
-            self.coupler.forget(ev.token)
         self.handover_from.pop(ev.token, None)
         for pair in [p for p in self.retries if p[0] == ev.token]:
             del self.retries[pair]
@@ -556,8 +555,6 @@ class Daemon:
     def _next_timer(self) -> float | None:
         now = time.monotonic()
         due = [nb for att, nb in self.retries.values() if att < self.cfg.retry_attempts]
-        if self.coupler is not None:
-            due.append(self.next_cc)
         if self.metrics is not None:
             due.append(self.next_metrics)
         if self.health is not None:
@@ -566,12 +563,6 @@ class Daemon:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
-        if self.coupler is not None and now >= self.next_cc:
-            self.next_cc = now + self.cfg.cc_period_ms / 1000
-            try:
-                self.coupler.tick(self.conns)
-            except MptcpctlError as e:
-                log.warning("coupled congestion control: %s", e)
         if self.metrics is not None and now >= self.next_metrics:
             self.next_metrics = now + METRICS_PERIOD_S
             try:
@@ -600,8 +591,6 @@ class Daemon:
             return
         for token in [t for t in self.conns if t not in live]:
             self.conns.pop(token, None)
-            if self.coupler is not None:
-                self.coupler.forget(token)
             for pair in [p for p in self.retries if p[0] == token]:
                 del self.retries[pair]
         self._adopt()
@@ -724,6 +713,7 @@ class Daemon:
                     "rtt_ms": getattr(k, "rtt_ms", None),
                     "cwnd": cv.get("cwnd", getattr(k, "cwnd", None)),
                     "clamp": cv.get("clamp"),
+                    "coupled_window": cv.get("coupled_window"),
                     "bytes_sent": getattr(k, "bytes_sent", None),
                     "bytes_received": getattr(k, "bytes_received", None),
                 })
