@@ -25,6 +25,7 @@ from .errors import BadInput, DatapathError, MissingFeature, MptcpctlError
 from .lb_abi import (
     LB_MAX_BACKENDS,
     BackendFlags,
+    ConnFlags,
     Counter,
     EventType,
     Flags,
@@ -33,6 +34,8 @@ from .lb_abi import (
     LbConn,
     LbEvent,
     LbFlow,
+    LbKey4,
+    LbKey6,
 )
 from .libbpf import PinnedMap, test_run
 
@@ -42,6 +45,8 @@ XDP_MODES = {"auto": 0, "generic": 1 << 1, "native": 1 << 2}
 MAX_CONNS = 65536
 # How often the loop refreshes the backends' neighbour entries (bpf_fib_lookup needs them).
 NEIGH_REFRESH_S = 10.0
+# How often XDP re-resolves its cached next hop to each backend (lb_config.hop_gen).
+HOP_REFRESH_S = 1.0
 JOIN_HMAC_NOTE = ("MP_JOIN HMACs are not verified: the LB sees R_A (join SYN) but not R_B, "
                   "which travels in the SYN/ACK that bypasses it (DSR)")
 BACKEND_SETUP_DEV = "mptcplb0"
@@ -53,10 +58,14 @@ BACKEND_SETUP_DEV = "mptcplb0"
 class LbProgram:
     """One compiled, loaded instance of bpf/mptcp_lb.c with its (private) maps."""
 
-    def __init__(self, cflags: list[str] | None = None):
+    def __init__(self, cflags: list[str] | None = None, family: int = 4):
         from bcc import BPF
 
         self._BPF = BPF
+        # One VIP family per build: each map call site then names one map, which the
+        # verifier inlines (a site shared by two maps costs a real call, ~17 ns).
+        self.family = family
+        cflags = [f"-DLB_VIP_FAMILY={family}", *(cflags or [])]
         self.bpf = compile_bpf(SOURCE, cflags)
         try:
             self.xdp = self.bpf.load_func(b"mptcp_lb", BPF.XDP)
@@ -65,7 +74,7 @@ class LbProgram:
         self.config = self._map("lb_config", C.c_uint32, LbConfig)
         self.backends = self._map("lb_backends", C.c_uint32, LbBackend)
         self.ring = self._map("lb_ring", C.c_uint32, C.c_uint32)
-        self.conns = self._map("lb_conns", LbFlow, LbConn)
+        self.conns = self._map("lb_conns", LbKey6 if family == 6 else LbKey4, LbConn)
         self.tokens = self._map("lb_tokens", C.c_uint32, C.c_uint32)
         self.blocked = self._map("lb_blocked", LbFlow, C.c_uint32)
         self.counters = self._map("lb_counters", C.c_uint32, C.c_uint64 * Counter.LB_CNT_MAX,
@@ -75,6 +84,14 @@ class LbProgram:
 
     def _map(self, name: str, key, value, percpu: bool = False) -> PinnedMap:
         return PinnedMap(self.bpf[name.encode()].map_fd, key, value, percpu)
+
+    def conn_entries(self):
+        """(client address, client port, struct lb_conn) of every flow in the tables."""
+        for k, v in self.conns.items():
+            yield (str(ipaddress.ip_address(bytes(k.saddr))), socket.ntohs(k.sport), v)
+
+    def conn_count(self) -> int:
+        return len(self.conns.keys())
 
     def set_ring(self, table: list[int]) -> None:
         """Write the Maglev table; only slots that change are written."""
@@ -143,16 +160,22 @@ def flow_tuple(f: LbFlow) -> tuple[str, int, str, int]:
 
 
 def parse_vip(text: str) -> tuple[str, int]:
+    """`ADDR:PORT` or `[IPV6]:PORT` -> (address, port)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadInput(f"--vip {text!r}: expected ADDR:PORT (e.g. 198.51.100.80:80)")
+        raise BadInput(f"--vip {text!r}: expected ADDR:PORT (e.g. 198.51.100.80:80 or "
+                       "[2001:db8::1]:80)")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise BadInput(f"--vip {text!r}: write an IPv6 VIP as [ADDR]:PORT")
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError as e:
         raise BadInput(f"--vip {text!r}: {host!r} is not an IP address") from e
-    if ip.version != 4:
-        raise BadInput(f"--vip {text!r}: only IPv4 VIPs are supported (IPv6 is not implemented)")
     return str(ip), int(port)
+
+
+def family(addr: str) -> int:
+    return ipaddress.ip_address(addr).version
 
 
 def parse_backends(addrs: list[str], vip: str) -> list[str]:
@@ -164,8 +187,9 @@ def parse_backends(addrs: list[str], vip: str) -> list[str]:
             ip = ipaddress.ip_address(a)
         except ValueError as e:
             raise BadInput(f"--backend {a!r} is not an IP address") from e
-        if ip.version != 4:
-            raise BadInput(f"--backend {a}: only IPv4 backends are supported")
+        if ip.version != family(vip):
+            raise BadInput(f"backend {ip} is IPv{ip.version} but the VIP {vip} is "
+                           f"IPv{family(vip)}: backends must be of the VIP's family")
         if str(ip) in out:
             raise BadInput(f"backend {ip} is given twice")
         if str(ip) == vip:
@@ -235,15 +259,21 @@ class LbCore:
         self.conns: OrderedDict[int, ConnInfo] = OrderedDict()  # token -> connection
         self.flow_token: OrderedDict[tuple, int] = OrderedDict()  # flow -> token
         self.collisions: list[dict] = []
-        self.stats = {"tokens_learned": 0, "token_collisions": 0, "joins_steered": 0,
+        self.stats = {"tokens_learned": 0, "token_collisions": 0,
                       "add_addr_seen": 0, "add_addr_hmac_ok": 0, "add_addr_hmac_failed": 0,
                       "add_addr_unverifiable": 0, "flows_blocked": 0}
-        cfg = LbConfig(vip_port=socket.htons(opts.port), family=4, flags=opts.flags)
+        self.family = family(opts.vip)
+        if prog.family != self.family:
+            raise BadInput(f"VIP {opts.vip} is IPv{self.family} but the program was built for "
+                           f"IPv{prog.family}")
+        cfg = LbConfig(vip_port=socket.htons(opts.port), family=self.family, flags=opts.flags,
+                       hop_gen=1)
         cfg.vip[:] = addr16(opts.vip)
         cfg.src[:] = addr16(opts.src)
         if opts.smac is not None:
             cfg.smac[:] = opts.smac
         prog.config.update(C.c_uint32(0), cfg)
+        self._cfg = cfg
         self.set_backends(opts.backends)
         prog.on_events(self.handle_event)
 
@@ -270,10 +300,17 @@ class LbCore:
         table = maglev.build_table({b.id: b.addr for b in self.backends if not b.draining})
         self.prog.set_ring(table)
         self.opts.backends = addrs
+        self.refresh_hops()
         return {"active": addrs, "draining": [b.addr for b in self.backends if b.draining]}
 
+    def refresh_hops(self) -> None:
+        """Make XDP resolve its next hop to each backend again (bpf_fib_lookup once per
+        backend and CPU, at the next packet to it)."""
+        self._cfg.hop_gen = self._cfg.hop_gen % 0xFFFFFFFF + 1
+        self.prog.config.update(C.c_uint32(0), self._cfg)
+
     def _write_backend(self, b: Backend) -> None:
-        v = LbBackend(family=4, flags=BackendFlags.LB_BE_IN_USE
+        v = LbBackend(family=self.family, flags=BackendFlags.LB_BE_IN_USE
                       | (BackendFlags.LB_BE_DRAINING if b.draining else 0), ifindex=b.ifindex)
         v.addr[:] = addr16(b.addr)
         if b.mac:
@@ -289,8 +326,6 @@ class LbCore:
         try:
             if ev.type == EventType.LB_EV_KEYS:
                 self._on_keys(ev)
-            elif ev.type == EventType.LB_EV_JOIN:
-                self._on_join(ev)
             elif ev.type == EventType.LB_EV_ADD_ADDR:
                 self._on_add_addr(ev)
         except MptcpctlError:
@@ -326,18 +361,12 @@ class LbCore:
         v = self.prog.tokens.lookup(C.c_uint32(token))
         return None if v is None else v.value
 
-    def _on_join(self, ev: LbEvent) -> None:
-        self.stats["joins_steered"] += 1
-        token = ev.opt.word
-        flow = flow_tuple(ev.flow)
-        self._remember_flow(flow, token)
-        if token in self.conns:
-            self.conns[token].flows.add(flow)
-
     def _on_add_addr(self, ev: LbEvent) -> None:
         self.stats["add_addr_seen"] += 1
         flow = flow_tuple(ev.flow)
-        token = self.flow_token.get(flow)
+        # A join's token travels with the event (XDP keeps it in lb_conns); the initial
+        # subflow's is known from its keys.
+        token = ev.token if ev.conn_flags & ConnFlags.LB_CONN_JOIN else self.flow_token.get(flow)
         info = self.conns.get(token) if token is not None else None
         if info is None:
             self.stats["add_addr_unverifiable"] += 1
@@ -352,8 +381,13 @@ class LbCore:
             return
         self.stats["add_addr_hmac_failed"] += 1
         if self.opts.enforce_hmac:
-            # Every known subflow of the connection goes on the blocklist.
-            for f in info.flows | {flow}:
+            # Every known subflow of the connection goes on the blocklist: the initial one
+            # and every join XDP steered with this token.
+            flows = set(info.flows) | {flow}
+            for addr, port, v in self.prog.conn_entries():
+                if v.flags & ConnFlags.LB_CONN_JOIN and v.token == info.token:
+                    flows.add((addr, port, self.opts.vip, self.opts.port))
+            for f in flows:
                 self.prog.blocked.update(make_flow(f[0], f[2], f[1], f[3]), C.c_uint32(1))
                 self.stats["flows_blocked"] += 1
 
@@ -362,11 +396,12 @@ class LbCore:
     def status(self, conn_counts: bool = True) -> dict:
         counts = {b.id: 0 for b in self.backends}
         if conn_counts:
-            for _, v in self.prog.conns.items():
+            for _, _, v in self.prog.conn_entries():
                 if v.backend in counts:
                     counts[v.backend] += 1
         return {
-            "vip": f"{self.opts.vip}:{self.opts.port}",
+            "vip": (f"[{self.opts.vip}]:{self.opts.port}" if self.family == 6
+                    else f"{self.opts.vip}:{self.opts.port}"),
             "unknown_join": self.opts.unknown_join,
             "enforce_hmac": self.opts.enforce_hmac,
             "token_steering": not self.opts.no_token_steering,
@@ -468,10 +503,15 @@ def check_up(opts: LbOptions, iface: str) -> str:
 def refresh_neighbours(addrs: list[str]) -> None:
     """Make the kernel resolve each backend's next hop (bpf_fib_lookup only reads the
     neighbour table): a zero-length UDP datagram to the discard port is enough."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for a in addrs:
-            with contextlib.suppress(OSError):
-                s.sendto(b"", (a, 9))
+    for a in addrs:
+        fam = socket.AF_INET6 if family(a) == 6 else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+            s.sendto(b"", (a, 9))
+
+
+def forwarding_sysctl(iface: str, fam: int) -> str:
+    """bpf_fib_lookup answers only for an interface with forwarding on (per family)."""
+    return f"net.ipv6.conf.{iface}.forwarding" if fam == 6 else f"net.ipv4.conf.{iface}.forwarding"
 
 
 # --- the running load balancer ---------------------------------------------------------------
@@ -485,23 +525,24 @@ class LoadBalancer:
         self.ns, self.iface = ns, iface
         self.xdp_flags = XDP_MODES[xdp_mode]
         opts.src = check_up(opts, iface)
-        self.prog = LbProgram()
+        self.prog = LbProgram(family=family(opts.vip))
         self.core = None
         self.sock = None
         self.stopping = False
         self.restore_forwarding = False
+        self.fwd = forwarding_sysctl(iface, family(opts.vip))
         try:
             self.core = LbCore(self.prog, opts)
             refresh_neighbours(opts.backends)
             run_dir(ns).mkdir(parents=True, exist_ok=True)
-            # bpf_fib_lookup answers only for an interface with IPv4 forwarding on.
-            fwd = f"net.ipv4.conf.{iface}.forwarding"
-            if _sysctl_get(fwd) == "0":
+            # bpf_fib_lookup answers only for an interface with forwarding on.
+            if _sysctl_get(self.fwd) == "0":
                 self.restore_forwarding = True
-                _sysctl(fwd, "1")
+                _sysctl(self.fwd, "1")
             state_path(ns).write_text(json.dumps({"iface": iface, "xdp_flags": self.xdp_flags,
                                                   "pid": os.getpid(),
-                                                  "restore_forwarding": self.restore_forwarding}))
+                                                  "restore_forwarding": self.restore_forwarding,
+                                                  "forwarding_sysctl": self.fwd}))
             try:
                 self.prog._BPF.attach_xdp(iface.encode(), self.prog.xdp, self.xdp_flags)
             except Exception as e:
@@ -560,7 +601,7 @@ class LoadBalancer:
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
-        last_neigh = time.monotonic()
+        last_neigh = last_hop = time.monotonic()
         while not self.stopping:
             self.prog.poll(50)
             while True:
@@ -572,6 +613,10 @@ class LoadBalancer:
                 except BlockingIOError:
                     break
                 self._serve_client(conn)
+            if time.monotonic() - last_hop > HOP_REFRESH_S:
+                with contextlib.suppress(MptcpctlError):
+                    self.core.refresh_hops()
+                last_hop = time.monotonic()
             if time.monotonic() - last_neigh > NEIGH_REFRESH_S:
                 refresh_neighbours([b.addr for b in self.core.backends])
                 last_neigh = time.monotonic()
@@ -580,7 +625,7 @@ class LoadBalancer:
         _detach_xdp(self.iface, self.xdp_flags)
         if self.restore_forwarding:
             with contextlib.suppress(OSError):
-                _sysctl(f"net.ipv4.conf.{self.iface}.forwarding", "0")
+                _sysctl(self.fwd, "0")
         if self.sock:
             self.sock.close()
         self.prog.close()
@@ -707,7 +752,8 @@ def stop(ns: str | None, timeout: float = 15.0) -> bool:
             _detach_xdp(state["iface"], state["xdp_flags"])
             if state.get("restore_forwarding"):
                 with contextlib.suppress(OSError):
-                    _sysctl(f"net.ipv4.conf.{state['iface']}.forwarding", "0")
+                    _sysctl(state.get("forwarding_sysctl")
+                            or f"net.ipv4.conf.{state['iface']}.forwarding", "0")
     _remove_run_files(ns)
     with contextlib.suppress(FileNotFoundError):
         log_path(ns).unlink()

@@ -1,6 +1,6 @@
 """Python mirror of bpf/include/lb_abi.h: the load balancer's constants, enums and structs.
 
-Update both files together; tests/unit/test_lb_abi.py compiles the header and compares.
+Update both files together; tests/unit/test_abi.py compiles the header and compares.
 """
 
 import ctypes as C
@@ -16,6 +16,7 @@ LB_CONN_ENTRIES = 262144
 LB_TOKEN_ENTRIES = 65536
 LB_BLOCK_ENTRIES = 16384
 LB_IPIP_PROTO = 4
+LB_IP6IP6_PROTO = 41
 LB_OUTER_TTL = 64
 
 
@@ -53,7 +54,6 @@ class Counter(enum.IntEnum):
 
 class EventType(enum.IntEnum):
     LB_EV_KEYS = 1
-    LB_EV_JOIN = 2
     LB_EV_ADD_ADDR = 3
 
 
@@ -74,10 +74,29 @@ class LbFlow(C.Structure):
     ]
 
 
+class LbKey4(C.Structure):
+    _fields_ = [
+        ("saddr", C.c_uint8 * 4),
+        ("sport", C.c_uint16),
+        ("pad", C.c_uint16),
+    ]
+
+
+class LbKey6(C.Structure):
+    _fields_ = [
+        ("saddr", C.c_uint8 * 16),
+        ("sport", C.c_uint16),
+        ("pad", C.c_uint16),
+        ("pad2", C.c_uint32),
+    ]
+
+
 class LbConn(C.Structure):
     _fields_ = [
         ("backend", C.c_uint32),
         ("flags", C.c_uint32),
+        ("token", C.c_uint32),
+        ("pad", C.c_uint32),
     ]
 
 
@@ -102,6 +121,8 @@ class LbConfig(C.Structure):
         ("flags", C.c_uint32),
         ("smac", C.c_uint8 * 6),
         ("pad1", C.c_uint8 * 2),
+        ("hop_gen", C.c_uint32),
+        ("pad2", C.c_uint32),
     ]
 
 
@@ -110,7 +131,9 @@ class LbEvent(C.Structure):
         ("type", C.c_uint32),
         ("backend", C.c_uint32),
         ("tcp_flags", C.c_uint8),
-        ("pad", C.c_uint8 * 7),
+        ("conn_flags", C.c_uint8),
+        ("pad", C.c_uint16),
+        ("token", C.c_uint32),
         ("ts_ns", C.c_uint64),
         ("flow", LbFlow),
         ("opt", MptcpOpt),
@@ -119,6 +142,8 @@ class LbEvent(C.Structure):
 
 STRUCTS = {
     "lb_flow": LbFlow,
+    "lb_key4": LbKey4,
+    "lb_key6": LbKey6,
     "lb_conn": LbConn,
     "lb_backend": LbBackend,
     "lb_config": LbConfig,
@@ -135,6 +160,7 @@ CONSTANTS = {
     "LB_TOKEN_ENTRIES": LB_TOKEN_ENTRIES,
     "LB_BLOCK_ENTRIES": LB_BLOCK_ENTRIES,
     "LB_IPIP_PROTO": LB_IPIP_PROTO,
+    "LB_IP6IP6_PROTO": LB_IP6IP6_PROTO,
     "LB_OUTER_TTL": LB_OUTER_TTL,
     **{m.name: int(m) for m in Flags},
     **{m.name: int(m) for m in BackendFlags},

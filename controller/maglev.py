@@ -61,11 +61,11 @@ def _mix(h: int, k: int) -> int:
     return (h * 5 + 0xE6546B64) & _M32
 
 
-def flow_hash(saddr: str, daddr: str, sport: int, dport: int) -> int:
-    """murmur3_32 of (client address, VIP, ports) exactly as bpf/mptcp_lb.c computes it: nine
-    host-order (little-endian) words over the 16-byte addresses and the two network-order
-    ports."""
-    raw = _addr16(saddr) + _addr16(daddr) + struct.pack("!HH", sport, dport)
+def flow_hash(saddr: str, sport: int, dport: int) -> int:
+    """murmur3_32 of (client address, ports) exactly as bpf/mptcp_lb.c computes it: the
+    address's 4-byte words (1 for IPv4, 4 for IPv6) and the two network-order ports, each word
+    read little-endian as the program loads it. The VIP is not hashed: one LB, one VIP."""
+    raw = ipaddress.ip_address(saddr).packed + struct.pack("!HH", sport, dport)
     h = LB_HASH_SEED
     for (w,) in struct.iter_unpack("<I", raw):
         h = _mix(h, w)
@@ -78,10 +78,12 @@ def flow_hash(saddr: str, daddr: str, sport: int, dport: int) -> int:
     return h
 
 
-def _addr16(addr: str) -> bytes:
-    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+def slot(h: int, size: int = LB_RING_SIZE) -> int:
+    """The table slot of a flow hash: (h * size) >> 32, as the program computes it (a
+    multiply, not a division)."""
+    return (h * size) >> 32
 
 
-def pick(table: list[int], saddr: str, daddr: str, sport: int, dport: int) -> int:
+def pick(table: list[int], saddr: str, sport: int, dport: int) -> int:
     """The backend id the XDP program picks for a new flow."""
-    return table[flow_hash(saddr, daddr, sport, dport) % len(table)]
+    return table[slot(flow_hash(saddr, sport, dport), len(table))]
