@@ -1,6 +1,6 @@
-"""The BPF datapath from Python: compile and load bpf/mptcp_datapath.c with BCC, attach it
-(XDP ingress + tc clsact egress) and detach it, pin and open its maps, run it on packets with
-BPF_PROG_TEST_RUN (decode, tests, benchmarks)."""
+"""The BPF datapath from Python: compile and load bpf/mptcp_datapath.c with BCC (in a child
+process, controller/bpfload.py), attach it (XDP ingress + tc clsact egress) and detach it, pin
+and open its maps, run it on packets with BPF_PROG_TEST_RUN (decode, tests, benchmarks)."""
 
 import contextlib
 import ctypes as C
@@ -10,7 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _paths, abi, netns
+from . import _paths, abi, bpfload, libbpf, netns
+from .bpfload import BPF
 from .errors import BadInput, DatapathError, MissingFeature
 from .libbpf import PinnedMap, pin, test_run
 
@@ -50,14 +51,15 @@ def state_file(ns: str | None) -> Path:
 
 
 def require_bpf() -> None:
-    """Fail with MissingFeature unless BCC imports and bpffs can be used."""
-    try:
-        import bcc  # noqa: F401
-    except ImportError as e:
+    """Fail with MissingFeature unless BCC can be found and we are root. BCC is only looked
+    for here: importing it maps LLVM (~60 MB), so only the loader child does (bpfload)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bcc") is None:
         raise MissingFeature(
             "BCC is not importable: install python3-bpfcc and use a venv with "
             "--system-site-packages (make deps)"
-        ) from e
+        )
     if os.geteuid() != 0:
         raise MissingFeature("loading BPF programs needs root")
 
@@ -71,36 +73,34 @@ def ensure_bpffs() -> None:
         raise MissingFeature(f"bpffs is not mounted at {BPFFS} and mounting it failed")
 
 
-def compile_bpf(source: Path, cflags: list[str] | None = None):
-    """One of our BPF files compiled by BCC (a `bcc.BPF`), with bpf/ on the include path and
-    the compiler's noise kept off the terminal. Every loader here goes through it."""
+def compile_bpf(source: Path, cflags: list[str] | None = None,
+                progs: dict[str, int] | None = None) -> bpfload.Loaded:
+    """One of our BPF files compiled by BCC in a child process, with bpf/ on the include path
+    and the compiler's noise kept off the terminal; every loader here goes through it.
+    Returns a bpfload.Loaded: bcc.BPF's load_func / obj[b"map"].map_fd / attach_func, by fd.
+    Name the programs in `progs` ({name: BPF.XDP, ...}) and the compiler exits before this
+    returns; without, it stays for load_func until .release_compiler() or .close().
+    Compile and verifier errors raise DatapathError (one line)."""
     require_bpf()
-    from bcc import BPF
-
     flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *(cflags or [])]
-    try:
-        with _quiet_stderr():
-            return BPF(src_file=str(source).encode(), cflags=flags)
-    except Exception as e:  # BCC raises bare Exception for compile errors
-        raise DatapathError(f"compiling {source.name} failed: {e}") from e
+    return bpfload.load(source, flags, progs)
 
 
 class Program:
     """One compiled instance of the datapath: both programs and their (private) maps."""
 
     def __init__(self, cflags: list[str] | None = None):
-        from bcc import BPF
-
-        self._BPF = BPF
-        self.bpf = compile_bpf(SOURCE, cflags)
+        self.bpf = compile_bpf(SOURCE, cflags, progs={
+            "mptcp_xdp": BPF.XDP, "mptcp_tc": BPF.SCHED_CLS, "mptcp_dss_csum": BPF.XDP})
         try:
             self.xdp = self.bpf.load_func(b"mptcp_xdp", BPF.XDP)
             self.tc = self.bpf.load_func(b"mptcp_tc", BPF.SCHED_CLS)
             # The DSS checksum check, tail-called by mptcp_xdp from slot DSS_CSUM_PROG.
             self.dss_csum = self.bpf.load_func(b"mptcp_dss_csum", BPF.XDP)
             self.bpf[b"dss_csum_progs"][C.c_int(DSS_CSUM_PROG)] = C.c_int(self.dss_csum.fd)
-        except Exception as e:  # BCC raises bare Exception for verifier errors
-            raise DatapathError(f"loading the BPF datapath failed: {e}") from e
+        except BaseException:
+            self.close()
+            raise
 
     def map_fd(self, name: str) -> int:
         return self.bpf[name.encode()].map_fd
@@ -128,8 +128,7 @@ class Program:
         return retval, ns
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.bpf.cleanup()
+        self.bpf.close()
 
 
 class Decoder:
@@ -307,8 +306,8 @@ def _attach_one(ipr, prog: Program, name: str, idx: int, xdp_flags: int) -> Ifac
     if _xdp_prog_id(ipr, idx):
         raise BadInput(f"{name} already has an XDP program (not ours?); detach it first")
     try:
-        prog._BPF.attach_xdp(name.encode(), prog.xdp, xdp_flags)
-    except Exception as e:
+        libbpf.xdp_attach(idx, prog.xdp.fd, xdp_flags)
+    except DatapathError as e:
         raise DatapathError(f"attaching XDP to {name} failed: {e}") from e
     added = False
     try:
@@ -316,7 +315,7 @@ def _attach_one(ipr, prog: Program, name: str, idx: int, xdp_flags: int) -> Ifac
         added = True
     except NetlinkError as e:
         if e.code != 17:  # EEXIST: the user's clsact qdisc; we add our filter to it
-            _xdp_remove(prog._BPF, name, xdp_flags)
+            _xdp_remove(idx, xdp_flags)
             raise DatapathError(f"adding clsact to {name} failed: {e}") from e
     state = IfaceState(name, idx, xdp_flags, added)
     try:
@@ -338,17 +337,17 @@ def _xdp_prog_id(ipr, idx: int) -> int:
     return xdp.get_attr("IFLA_XDP_PROG_ID") or 0
 
 
-def _xdp_remove(BPF, name: str, flags: int) -> None:
-    with contextlib.suppress(Exception):
-        BPF.remove_xdp(name.encode(), flags)
+def _xdp_remove(idx: int, flags: int) -> None:
+    with contextlib.suppress(DatapathError):
+        libbpf.xdp_detach(idx, flags)
 
 
 def _detach_iface(ipr, st: IfaceState) -> None:
-    from bcc import BPF
     from pyroute2.netlink.exceptions import NetlinkError
 
-    if ipr.link_lookup(ifname=st.name):
-        _xdp_remove(BPF, st.name, st.xdp_flags)
+    found = ipr.link_lookup(ifname=st.name)
+    if found:
+        _xdp_remove(found[0], st.xdp_flags)
         with contextlib.suppress(NetlinkError):
             if st.added_clsact:
                 ipr.tc("del", "clsact", st.ifindex)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from . import abi, datapath
+from .bpfload import BPF
 from .errors import BadInput, DatapathError
 from .libbpf import PinnedMap, test_run
 
@@ -42,20 +43,8 @@ class Program:
     """One compiled, loaded instance of mptcp_dssfix and its (private, unpinned) maps."""
 
     def __init__(self, cflags: list[str] | None = None):
-        from bcc import BPF
-
-        self.bpf = datapath.compile_bpf(SOURCE, cflags)
-        try:
-            self.fn = self.bpf.load_func(b"mptcp_dssfix", BPF.SCHED_CLS)
-        except DatapathError:
-            self.close()
-            raise
-        except Exception as e:  # BCC raises bare Exception for verifier errors
-            self.close()
-            raise DatapathError(f"loading the DSS checksum fix failed: {e}") from e
-        release = getattr(self.bpf, "release_compiler", None)  # a compiler child, if any
-        if release is not None:
-            release()
+        self.bpf = datapath.compile_bpf(SOURCE, cflags, progs={"mptcp_dssfix": BPF.SCHED_CLS})
+        self.fn = self.bpf.load_func(b"mptcp_dssfix", BPF.SCHED_CLS)
 
     def _counter_map(self) -> PinnedMap:
         return PinnedMap(self.bpf[b"dssfix_counters"].map_fd, C.c_uint32, C.c_uint64,
@@ -99,11 +88,7 @@ class Program:
             flows.delete(key)
 
     def close(self) -> None:
-        # bcc.BPF.cleanup(), or close() of the loader that compiles in a child process.
-        done = getattr(self.bpf, "close", None) or getattr(self.bpf, "cleanup", None)
-        if done is not None:
-            with contextlib.suppress(Exception):
-                done()
+        self.bpf.close()
 
 
 def _endpoint(key, addr, port_be) -> str:

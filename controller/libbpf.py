@@ -1,5 +1,6 @@
-"""Thin ctypes bindings to libbpf.so.1 for what BCC 0.26 lacks from Python: program test runs,
-pinning and opening pinned objects, and reading maps by file descriptor."""
+"""Thin ctypes bindings to libbpf.so.1: program test runs, pinning and opening pinned objects,
+reading maps by file descriptor, object info, cgroup and XDP attach, ring buffers. Everything a
+process does with BPF objects it did not compile itself (see controller/bpfload.py)."""
 
 import ctypes as C
 import ctypes.util
@@ -31,6 +32,9 @@ class TestRunOpts(C.Structure):
     ]
 
 
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+RingBufferSampleFn = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_void_p, C.c_size_t)
+
 _lib = None
 
 
@@ -49,6 +53,17 @@ def lib():
         _lib.bpf_map_update_elem.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_uint64]
         _lib.bpf_map_delete_elem.argtypes = [C.c_int, C.c_void_p]
         _lib.bpf_map_get_next_key.argtypes = [C.c_int, C.c_void_p, C.c_void_p]
+        _lib.bpf_obj_get_info_by_fd.argtypes = [C.c_int, C.c_void_p, C.POINTER(C.c_uint32)]
+        _lib.bpf_prog_attach.argtypes = [C.c_int, C.c_int, C.c_int, C.c_uint]
+        _lib.bpf_prog_detach2.argtypes = [C.c_int, C.c_int, C.c_int]
+        _lib.bpf_xdp_attach.argtypes = [C.c_int, C.c_int, C.c_uint32, C.c_void_p]
+        _lib.bpf_xdp_detach.argtypes = [C.c_int, C.c_uint32, C.c_void_p]
+        _lib.ring_buffer__new.argtypes = [C.c_int, RingBufferSampleFn, C.c_void_p, C.c_void_p]
+        _lib.ring_buffer__new.restype = C.c_void_p
+        _lib.ring_buffer__add.argtypes = [C.c_void_p, C.c_int, RingBufferSampleFn, C.c_void_p]
+        _lib.ring_buffer__poll.argtypes = [C.c_void_p, C.c_int]
+        _lib.ring_buffer__consume.argtypes = [C.c_void_p]
+        _lib.ring_buffer__free.argtypes = [C.c_void_p]
     return _lib
 
 
@@ -154,3 +169,94 @@ def _possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         n = max(n, int(hi or lo) + 1)
     return n
+
+
+# --- object info ---------------------------------------------------------------------------
+
+
+class MapInfo(C.Structure):
+    """The head of struct bpf_map_info (the kernel fills what fits)."""
+
+    _fields_ = [("type", C.c_uint32), ("id", C.c_uint32), ("key_size", C.c_uint32),
+                ("value_size", C.c_uint32), ("max_entries", C.c_uint32),
+                ("map_flags", C.c_uint32), ("name", C.c_char * 16)]
+
+
+class ProgInfo(C.Structure):
+    """The head of struct bpf_prog_info."""
+
+    _fields_ = [("type", C.c_uint32), ("id", C.c_uint32), ("tag", C.c_uint8 * 8)]
+
+
+def obj_info(fd: int, info_type):
+    """struct bpf_map_info / bpf_prog_info (MapInfo, ProgInfo) of the object behind `fd`."""
+    info = info_type()
+    n = C.c_uint32(C.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, C.byref(info), C.byref(n)), "BPF object info")
+    return info
+
+
+# --- attach ----------------------------------------------------------------------------------
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach a program to a cgroup (or another fd target): BPF_PROG_ATTACH."""
+    _check(lib().bpf_prog_attach(prog_fd, target_fd, attach_type, flags), "BPF attach")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    _check(lib().bpf_prog_detach2(prog_fd, target_fd, attach_type), "BPF detach")
+
+
+def xdp_attach(ifindex: int, prog_fd: int, flags: int = 0) -> None:
+    """Attach an XDP program to an interface (flags: XDP_FLAGS_*; 0 lets the kernel pick)."""
+    _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), "XDP attach")
+
+
+def xdp_detach(ifindex: int, flags: int = 0) -> None:
+    _check(lib().bpf_xdp_detach(ifindex, flags, None), "XDP detach")
+
+
+# --- ring buffers ----------------------------------------------------------------------------
+
+
+class RingBuffer:
+    """libbpf's ring_buffer over one or more BPF_MAP_TYPE_RINGBUF maps; callback(ctx, data,
+    size) runs for each record from poll()/consume() (data: the record's address)."""
+
+    def __init__(self):
+        self._rb = None
+        self._cbs = []   # the C callbacks must outlive the ring buffer
+
+    def add(self, map_fd: int, callback, ctx=None) -> None:
+        def sample(c, data, size):
+            ret = callback(c, data, size)
+            try:
+                return int(ret or 0)
+            except (TypeError, ValueError):
+                return 0
+
+        fn = RingBufferSampleFn(sample)
+        if self._rb is None:
+            self._rb = lib().ring_buffer__new(map_fd, fn, ctx, None)
+            if not self._rb:
+                raise DatapathError(f"opening a ring buffer: {os.strerror(C.get_errno())}")
+        else:
+            _check(lib().ring_buffer__add(self._rb, map_fd, fn, ctx), "adding a ring buffer")
+        self._cbs.append(fn)
+
+    def poll(self, timeout_ms: int = -1) -> int:
+        if self._rb is None:
+            raise DatapathError("no ring buffer is open")
+        return lib().ring_buffer__poll(self._rb, timeout_ms)
+
+    def consume(self) -> int:
+        if self._rb is None:
+            raise DatapathError("no ring buffer is open")
+        return lib().ring_buffer__consume(self._rb)
+
+    def close(self) -> None:
+        if self._rb is not None:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None
+        self._cbs.clear()

@@ -1,4 +1,4 @@
-"""The coupled congestion control's BPF half: load bpf/mptcp_sockops.c with BCC, attach it
+"""The coupled congestion control's BPF half: load bpf/mptcp_sockops.c (bpfload), attach it
 to the cgroup v2 root (alongside other programs: BPF_F_ALLOW_MULTI), follow one network
 namespace's MPTCP subflows, read their TCP state and write their window clamps."""
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import abi, datapath
+from .bpfload import BPF
 from .errors import DatapathError, MissingFeature
 from .libbpf import PinnedMap, pin
 
@@ -45,18 +46,11 @@ class SockOps:
     def __init__(self, ns: str | None, pin_to: Path | None = None, on_loaded=None):
         """on_loaded(prog_id) runs before the program is attached, so whoever must detach it
         after a crash can record its id first."""
-        datapath.require_bpf()
-        from bcc import BPF
-
-        self.BPF = BPF
         self.cgroup = cgroup2_root()
         self.pins: list[Path] = []
         self.cg_fd = -1
-        self.bpf = datapath.compile_bpf(SOURCE)
-        try:
-            self.fn = self.bpf.load_func(b"mptcp_sockops", BPF.SOCK_OPS)
-        except Exception as e:
-            raise DatapathError(f"loading the sockops program failed: {e}") from e
+        self.bpf = datapath.compile_bpf(SOURCE, progs={"mptcp_sockops": BPF.SOCK_OPS})
+        self.fn = self.bpf.load_func(b"mptcp_sockops", BPF.SOCK_OPS)
         self.state = PinnedMap(self.bpf[b"tcp_state"].map_fd, abi.FlowKey, abi.SfTcpState)
         self.clamps = PinnedMap(self.bpf[b"cwnd_clamp"].map_fd, abi.FlowKey, C.c_uint32)
         cfg = PinnedMap(self.bpf[b"cc_config"].map_fd, C.c_uint32, abi.CcConfig)
@@ -110,8 +104,7 @@ class SockOps:
         for p in self.pins:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        with contextlib.suppress(Exception):
-            self.bpf.cleanup()
+        self.bpf.close()
         self.bpf = None
 
 
