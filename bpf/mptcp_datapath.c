@@ -307,10 +307,30 @@ static __always_inline void export_header(struct decode_result *r, struct pkt_in
 	__builtin_memcpy(r->daddr, pi->daddr, 16);
 }
 
-/* The whole per-packet path, shared by both programs. is_xdp is a constant after inlining,
- * so each program keeps only its own helper call. */
-static __always_inline void handle(void *ctx, void *data, void *data_end, int is_xdp, __u32 dir,
-				   __u32 segs, __u32 ifindex)
+/* The TCP options (optlen bytes, a multiple of 4, at most 40) into ob, a 4-byte word at a time
+ * straight from the packet, zeroes after them. parse_tcp() proved the whole TCP header is in
+ * the linear part; each word is proven again at a constant offset, which the verifier follows
+ * cheaply. `zero` is 0 read from a map, so the verifier sees the same ob whatever optlen was
+ * (a known 0 would leave it ten different stacks, and the walk verified ten times).
+ * Non-zero if a word is not there (never, after parse_tcp()). */
+static __always_inline int copy_opts(struct opt_buf *ob, __u8 *p, void *data_end, __u32 optlen,
+				     __u32 zero)
+{
+#pragma clang loop unroll(full)
+	for (__u32 k = 0; k < OPT_BUF_SIZE; k += 4) {
+		__u32 w = zero;
+		if (k < optlen) {
+			if ((void *)(p + k + 4) > data_end)
+				return -1;
+			w = *(__u32 *)(p + k);
+		}
+		*(__u32 *)&ob->b[k] = w;
+	}
+	return 0;
+}
+
+/* The whole per-packet path, shared by both programs (dir is a constant after inlining). */
+static __always_inline void handle(void *data, void *data_end, __u32 dir, __u32 segs, __u32 ifindex)
 {
 	count(CNT_PACKETS, 1);
 	int export = 0;
@@ -351,14 +371,10 @@ static __always_inline void handle(void *ctx, void *data, void *data_end, int is
 	__be32 *first = pi.opts;
 	if (optlen == 12 && (void *)(first + 1) <= data_end && *first == bpf_htonl(0x0101080a))
 		return;
-	struct opt_buf ob = {};
-	__u32 opt_off = pi.tcp_off + 20;
-	long err;
-	if (is_xdp)
-		err = bpf_xdp_load_bytes(ctx, opt_off, ob.b, optlen);
-	else
-		err = bpf_skb_load_bytes(ctx, opt_off, ob.b, optlen);
-	if (err)
+	struct opt_buf ob;
+	__u32 idx0 = 0;
+	union zero_record *zr = zero_record.lookup(&idx0);
+	if (!zr || copy_opts(&ob, pi.opts, data_end, optlen, *(__u32 *)zr))
 		return;
 	int walk = walk_options(&ob, optlen, r);
 	if (walk != WALK_OK) {
@@ -380,7 +396,7 @@ int mptcp_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	handle(ctx, data, data_end, 1, DIR_INGRESS, 1, ctx->ingress_ifindex);
+	handle(data, data_end, DIR_INGRESS, 1, ctx->ingress_ifindex);
 	__u32 zero = 0;
 	__u32 *pending = csum_pending.lookup(&zero);
 	if (pending && *pending) {
@@ -395,7 +411,7 @@ int mptcp_tc(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
-	handle(skb, data, data_end, 0, DIR_EGRESS, segs, skb->ifindex);
+	handle(data, data_end, DIR_EGRESS, segs, skb->ifindex);
 	return TC_ACT_OK;
 }
 

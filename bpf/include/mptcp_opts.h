@@ -16,9 +16,11 @@
 #define WALK_OK 0
 #define WALK_MALFORMED 1
 
+/* Aligned so that it can be filled and read a 4-byte word at a time (the verifier refuses
+ * misaligned stack access). */
 struct opt_buf {
 	__u8 b[OPT_BUF_SIZE];
-};
+} __attribute__((aligned(8)));
 
 static __always_inline __u8 rd8(const struct opt_buf *o, __u32 i)
 {
@@ -320,16 +322,22 @@ static __always_inline int find_mptcp(const struct opt_buf *o, __u32 optlen,
 	return WALK_OK;
 }
 
-/* The option layouts of nearly every MPTCP data segment Linux sends: one MPTCP option, first
- * or after NOP NOP timestamps, then at most 3 bytes of NOP/EOL padding. Records its span as
- * find_mptcp() would and returns 1; returns 0 for anything else (find_mptcp() decides). Straight
- * code instead of find_mptcp()'s 40 steps. */
+/* The option layouts Linux gives nearly every MPTCP segment: one MPTCP option, after NOP NOP
+ * timestamps (data and ACKs), after MSS, SACK-permitted, timestamps, NOP, window scale (SYN and
+ * SYN/ACK), or alone; then at most 3 bytes of NOP/EOL padding. Records its span as find_mptcp()
+ * would and returns 1; returns 0 for anything else, which find_mptcp() decides. Straight code
+ * instead of find_mptcp()'s 40 steps (~20 ns). ob is 8-byte aligned: whole words compared. */
 static __always_inline int find_common(const struct opt_buf *o, __u32 optlen,
 				       struct decode_result *r)
 {
+	const __u32 *w = (const __u32 *)o->b;
 	__u32 at = 0;
-	if (optlen >= 16 && *(const __u32 *)o->b == bpf_htonl(0x0101080a))
-		at = 12;
+	if (optlen >= 16 && w[0] == bpf_htonl(0x0101080a))
+		at = 12; /* NOP NOP TS(10) */
+	else if (optlen >= 24 && (w[0] & bpf_htonl(0xffff0000)) == bpf_htonl(0x02040000) &&
+		 w[1] == bpf_htonl(0x0402080a) &&
+		 (w[4] & bpf_htonl(0xffffff00)) == bpf_htonl(0x01030300))
+		at = 20; /* MSS(4) SACK_PERM(2) TS(10) NOP WS(3) */
 	if (o->b[at & OPT_BUF_MASK] != TCPOPT_MPTCP)
 		return 0;
 	__u32 len = o->b[(at + 1) & OPT_BUF_MASK];

@@ -288,6 +288,24 @@ CASES = [
     case("NOP NOP timestamps then DSS",
          [NOP, NOP, TIMESTAMPS, dss(ack=1, dsn=2, ssn=3, dlen=4, csum=5)]),
     case("NOP NOP SACK blocks then DSS", [NOP, NOP, SACK_2, dss(ack=0xFFFFFFFF)]),
+    # The layouts the walk takes a shortcut for (one MPTCP option after NOP NOP timestamps, after
+    # Linux's SYN options, or alone, then padding), and their near misses, which must decode
+    # exactly as the full walk does.
+    case("Linux SYN options then MP_JOIN SYN",
+         [MSS, SACK_PERM, TIMESTAMPS, NOP, WSCALE, join_syn(0, 2, 0x8A3F11D2, 0x5E77C6A9)],
+         flags="S"),
+    case("Linux SYN options in another order then MP_CAPABLE",
+         [MSS, SACK_PERM, TIMESTAMPS, WSCALE, NOP, mp_capable()], flags="S"),
+    case("NOP NOP timestamps, DSS, NOP NOP padding",
+         [NOP, NOP, TIMESTAMPS, dss(ack=1, dsn=2, ssn=3, dlen=4), NOP, NOP]),
+    case("NOP NOP timestamps, DSS, then MP_PRIO",
+         [NOP, NOP, TIMESTAMPS, dss(ack=1), mp_prio(1)]),
+    case("NOP NOP timestamps, DSS, then SACK-permitted", [NOP, NOP, TIMESTAMPS, dss(ack=1),
+                                                          SACK_PERM]),
+    case("DSS, EOL, then bytes after the end of the list",
+         [dss(ack=1), b"\x00\x08\x0a\x00"]),
+    case("malformed: zero-length option after NOP NOP timestamps and DSS",
+         [NOP, NOP, TIMESTAMPS, dss(ack=1), Bad(b"\x08\x00")]),
     # Several MPTCP options in one segment.
     case("DSS + ADD_ADDR echo", [dss(ack=1, dsn=2, ssn=3, dlen=4, csum=5), add_addr(1, S4)]),
     case("DSS + MP_PRIO + REMOVE_ADDR", [dss(ack=1), mp_prio(1), remove_addr(4)]),
