@@ -49,7 +49,6 @@ NEIGH_REFRESH_S = 10.0
 HOP_REFRESH_S = 1.0
 JOIN_HMAC_NOTE = ("MP_JOIN HMACs are not verified: the LB sees R_A (join SYN) but not R_B, "
                   "which travels in the SYN/ACK that bypasses it (DSR)")
-BACKEND_SETUP_DEV = "mptcplb0"
 
 
 # --- the XDP program -------------------------------------------------------------------------
@@ -59,14 +58,15 @@ class LbProgram:
     """One compiled, loaded instance of bpf/mptcp_lb.c with its (private) maps."""
 
     def __init__(self, cflags: list[str] | None = None, family: int = 4):
-        from bcc import BPF
+        from .bpfload import BPF
 
         self._BPF = BPF
         # One VIP family per build: each map call site then names one map, which the
         # verifier inlines (a site shared by two maps costs a real call, ~17 ns).
         self.family = family
         cflags = [f"-DLB_VIP_FAMILY={family}", *(cflags or [])]
-        self.bpf = compile_bpf(SOURCE, cflags)
+        self.bpf = compile_bpf(SOURCE, cflags, progs={"mptcp_lb": BPF.XDP,
+                                                      "mptcp_lb_decap": BPF.XDP})
         try:
             self.xdp = self.bpf.load_func(b"mptcp_lb", BPF.XDP)
         except Exception as e:  # BCC raises bare Exception for compile and verifier errors
@@ -633,7 +633,7 @@ class LoadBalancer:
 
 
 def _detach_xdp(iface: str, flags: int) -> None:
-    from bcc import BPF
+    from .bpfload import BPF
 
     with contextlib.suppress(Exception):
         BPF.remove_xdp(iface.encode(), flags)
@@ -781,29 +781,42 @@ def _sysctl(name: str, value: str) -> None:
     Path("/proc/sys/" + name.replace(".", "/")).write_text(value)
 
 
-def backend_state_path(ns: str | None) -> Path:
-    return run_dir(ns) / "lb-backend.json"
+def backend_state_path(ns: str | None, fam: int = 4) -> Path:
+    return run_dir(ns) / ("lb-backend6.json" if fam == 6 else "lb-backend.json")
 
 
-def ipip_supported() -> bool:
-    """Whether this kernel can create an ipip device (CONFIG_NET_IPIP)."""
-    if _ip_json("link", "show", "dev", BACKEND_SETUP_DEV):
+# The kernel tunnel device decapsulating what the LB sends, per VIP family: (name, `ip link`
+# type and arguments, kernel option).
+TUNNEL_DEV = {4: ("mptcplb0", ["ipip", "external"], "CONFIG_NET_IPIP"),
+              6: ("mptcplb6", ["ip6tnl", "external", "mode", "ip6ip6"], "CONFIG_IPV6_TUNNEL")}
+DECAP_KIND = {4: "ipip", 6: "ip6tnl"}
+
+
+def tunnel_supported(fam: int = 4) -> bool:
+    """Whether this kernel can create the family's tunnel device (ipip or ip6tnl)."""
+    name, kind, _ = TUNNEL_DEV[fam]
+    if _ip_json("link", "show", "dev", name):
         return True
-    probe = "mptcplbprobe0"
-    cp = _sh(["ip", "link", "add", "name", probe, "type", "ipip", "external"], check=False)
+    probe = f"mptcplbprobe{fam}"
+    cp = _sh(["ip", "link", "add", "name", probe, "type", *kind], check=False)
     if cp.returncode == 0:
         _sh(["ip", "link", "del", probe], check=False)
         return True
     return False
 
 
+def ipip_supported() -> bool:
+    """Whether this kernel can create an ipip device (CONFIG_NET_IPIP)."""
+    return tunnel_supported(4)
+
+
 def _attach_decap(iface: str, flags: int) -> None:
     require_bpf()
-    from bcc import BPF
+    from .bpfload import BPF
 
     if not _ip_json("link", "show", "dev", iface):
         raise BadInput(f"no interface named {iface!r}")
-    b = compile_bpf(SOURCE)
+    b = compile_bpf(SOURCE, progs={"mptcp_lb_decap": BPF.XDP})
     try:
         fn = b.load_func(b"mptcp_lb_decap", BPF.XDP)
         BPF.attach_xdp(iface.encode(), fn, flags)
@@ -815,35 +828,38 @@ def _attach_decap(iface: str, flags: int) -> None:
 def backend_setup(vip: str, ns: str | None, undo: bool = False, decap: str = "auto",
                   iface: str | None = None, xdp_mode: str = "auto") -> list[str]:
     """Prepare this host (or `ns`) to be a backend: decapsulation of what the LB sends (an
-    ipip device in collect-metadata mode, or where the kernel has none, the XDP program
-    mptcp_lb_decap on `iface`), the VIP on lo, rp_filter off on the device and `all`, ARP
-    neither answered nor announced for the VIP. Returns what was done."""
+    ipip or ip6tnl device in collect-metadata mode, or where the kernel has none, the XDP
+    program mptcp_lb_decap on `iface`, which takes both families), the VIP on lo, and for an
+    IPv4 VIP rp_filter off on the device and `all`, ARP neither answered nor announced for
+    the VIP. Returns what was done."""
     try:
         ip = ipaddress.ip_address(vip)
     except ValueError as e:
         raise BadInput(f"--vip {vip!r} is not an IP address") from e
-    if ip.version != 4:
-        raise BadInput("only IPv4 VIPs are supported")
+    fam, vip = ip.version, str(ip)
+    kind = DECAP_KIND[fam]
+    if decap not in ("auto", "xdp", kind):
+        raise BadInput(f"--decap {decap} cannot carry an IPv{fam} VIP: use {kind} or xdp")
     done = []
     with netns.entered(ns):
         if undo:
             return _backend_undo(vip, ns)
         if decap == "auto":
-            decap = "ipip" if ipip_supported() else "xdp"
+            decap = kind if tunnel_supported(fam) else "xdp"
         if decap == "xdp" and not iface:
-            raise BadInput("this kernel has no ipip device (CONFIG_NET_IPIP): give --iface IF "
-                           "to decapsulate with XDP there")
+            raise BadInput(f"this kernel has no {kind} device ({TUNNEL_DEV[fam][2]}): give "
+                           "--iface IF to decapsulate with XDP there")
         state = {"vip": vip, "decap": decap}
-        if decap == "ipip":
-            if not _ip_json("link", "show", "dev", BACKEND_SETUP_DEV):
-                cp = _sh(["ip", "link", "add", "name", BACKEND_SETUP_DEV, "type", "ipip",
-                          "external"], check=False)
+        if decap == kind:
+            dev, args, option = TUNNEL_DEV[fam]
+            if not _ip_json("link", "show", "dev", dev):
+                cp = _sh(["ip", "link", "add", "name", dev, "type", *args], check=False)
                 if cp.returncode != 0:
-                    raise MissingFeature("this kernel cannot create an ipip device "
-                                         "(CONFIG_NET_IPIP); use --decap xdp --iface IF")
-                done.append(f"created {BACKEND_SETUP_DEV} (ipip, external)")
-            _sh(["ip", "link", "set", BACKEND_SETUP_DEV, "up"])
-            rp_dev = BACKEND_SETUP_DEV
+                    raise MissingFeature(f"this kernel cannot create an {kind} device "
+                                         f"({option}); use --decap xdp --iface IF")
+                done.append(f"created {dev} ({kind}, external)")
+            _sh(["ip", "link", "set", dev, "up"])
+            rp_dev = dev
         else:
             flags = XDP_MODES[xdp_mode]
             _attach_decap(iface, flags)
@@ -851,34 +867,51 @@ def backend_setup(vip: str, ns: str | None, undo: bool = False, decap: str = "au
             done.append(f"XDP decapsulator on {iface}")
             rp_dev = iface
         if vip not in local_addresses():
-            _sh(["ip", "addr", "add", f"{vip}/32", "dev", "lo"])
-            done.append(f"added {vip}/32 to lo")
-        for name, value in (("net.ipv4.conf.all.rp_filter", "0"),
-                            (f"net.ipv4.conf.{rp_dev}.rp_filter", "0"),
-                            ("net.ipv4.conf.all.arp_ignore", "1"),
-                            ("net.ipv4.conf.all.arp_announce", "2")):
+            if fam == 6:
+                _sh(["ip", "-6", "addr", "add", f"{vip}/128", "dev", "lo", "nodad"])
+            else:
+                _sh(["ip", "addr", "add", f"{vip}/32", "dev", "lo"])
+            done.append(f"added {vip}/{32 if fam == 4 else 128} to lo")
+        # IPv6 needs nothing more: a backend answers neighbour solicitations only for
+        # addresses of the interface asked on, and has no reverse-path filter.
+        sysctls = () if fam == 6 else (("net.ipv4.conf.all.rp_filter", "0"),
+                                       (f"net.ipv4.conf.{rp_dev}.rp_filter", "0"),
+                                       ("net.ipv4.conf.all.arp_ignore", "1"),
+                                       ("net.ipv4.conf.all.arp_announce", "2"))
+        for name, value in sysctls:
             _sysctl(name, value)
             done.append(f"{name}={value}")
         run_dir(ns).mkdir(parents=True, exist_ok=True)
-        backend_state_path(ns).write_text(json.dumps(state))
+        backend_state_path(ns, fam).write_text(json.dumps(state))
     return done
 
 
 def _backend_undo(vip: str, ns: str | None) -> list[str]:
     done = []
+    fam = family(vip)
+    other_fam = 6 if fam == 4 else 4
     try:
-        state = json.loads(backend_state_path(ns).read_text())
+        state = json.loads(backend_state_path(ns, fam).read_text())
     except (OSError, ValueError):
         state = {}
+    other = {}
+    with contextlib.suppress(OSError, ValueError):
+        other = json.loads(backend_state_path(ns, other_fam).read_text())
     if state.get("decap") == "xdp":
-        _detach_xdp(state["iface"], state["xdp_flags"])
-        done.append(f"removed the XDP decapsulator from {state['iface']}")
-    if _sh(["ip", "addr", "del", f"{vip}/32", "dev", "lo"], check=False).returncode == 0:
-        done.append(f"removed {vip}/32 from lo")
-    if _sh(["ip", "link", "del", BACKEND_SETUP_DEV], check=False).returncode == 0:
-        done.append(f"deleted {BACKEND_SETUP_DEV}")
+        # One decapsulator serves both families: keep it while the other VIP needs it.
+        if other.get("decap") == "xdp" and other.get("iface") == state["iface"]:
+            done.append(f"kept the XDP decapsulator on {state['iface']} (IPv{other_fam} VIP)")
+        else:
+            _detach_xdp(state["iface"], state["xdp_flags"])
+            done.append(f"removed the XDP decapsulator from {state['iface']}")
+    plen = 32 if fam == 4 else 128
+    if _sh(["ip", "addr", "del", f"{vip}/{plen}", "dev", "lo"], check=False).returncode == 0:
+        done.append(f"removed {vip}/{plen} from lo")
+    dev = TUNNEL_DEV[fam][0]
+    if _sh(["ip", "link", "del", dev], check=False).returncode == 0:
+        done.append(f"deleted {dev}")
     with contextlib.suppress(FileNotFoundError):
-        backend_state_path(ns).unlink()
+        backend_state_path(ns, fam).unlink()
     with contextlib.suppress(OSError):
         run_dir(ns).rmdir()
     return done

@@ -16,7 +16,8 @@ def lb():
 
 
 @lb.command()
-@click.option("--vip", required=True, metavar="ADDR:PORT", help="Virtual IP and port (IPv4).")
+@click.option("--vip", required=True, metavar="ADDR:PORT",
+              help="Virtual IP and port: 198.51.100.80:80 or [2001:db8::80]:80.")
 @click.option("--backend", "backends", multiple=True, metavar="ADDR",
               help="Backend address (repeat for several).")
 @click.option("--iface", required=True, metavar="IF", help="Interface receiving VIP traffic.")
@@ -119,18 +120,20 @@ def status(as_json, netns):
 
 
 @lb.command(name="backend-setup")
-@click.option("--vip", required=True, metavar="ADDR", help="The VIP (IPv4) this backend serves.")
+@click.option("--vip", required=True, metavar="ADDR",
+              help="The VIP (IPv4 or IPv6) this backend serves.")
 @click.option("--undo", is_flag=True, help="Remove what backend-setup added.")
-@click.option("--decap", type=click.Choice(["auto", "ipip", "xdp"]), default="auto",
+@click.option("--decap", type=click.Choice(["auto", "ipip", "ip6tnl", "xdp"]), default="auto",
               show_default=True,
-              help="ipip device, or an XDP decapsulator on --iface (kernels without ipip).")
+              help="ipip (IPv4 VIP) or ip6tnl (IPv6 VIP) device, or an XDP decapsulator on "
+                   "--iface (kernels without them).")
 @click.option("--iface", metavar="IF", help="Interface for --decap xdp.")
 @click.option("--xdp-mode", type=click.Choice(sorted(lbmod.XDP_MODES)), default="auto",
               show_default=True, help="XDP attach mode for --decap xdp.")
 @netns_option
 def backend_setup(vip, undo, decap, iface, xdp_mode, netns):
-    """Prepare a backend: decapsulation (ipip device or XDP), VIP on lo, rp_filter off, no ARP
-    for the VIP. Sysctls are not restored by --undo."""
+    """Prepare a backend: decapsulation (ipip / ip6tnl device or XDP), VIP on lo; for an IPv4
+    VIP rp_filter off and no ARP for the VIP. Sysctls are not restored by --undo."""
     require_root("lb backend-setup")
     done = lbmod.backend_setup(vip, netns, undo, decap, iface, xdp_mode)
     click.echo("\n".join(done) if done else "nothing to do")

@@ -8,9 +8,23 @@ import struct
 
 import pytest
 from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
-from test_decode_table import K1, K2, NOP, TIMESTAMPS, add_addr, dss, join_syn, mp_capable, tcp
+from test_decode_table import (
+    K1,
+    K2,
+    MSS,
+    NOP,
+    SACK_PERM,
+    TIMESTAMPS,
+    WSCALE,
+    add_addr,
+    dss,
+    join_syn,
+    mp_capable,
+    tcp,
+)
 
 from controller import crypto, maglev
 from controller.lb_abi import Counter, EventType, Flags
@@ -321,21 +335,25 @@ def test_flow_hash_struct_layout_matches():
     assert len(raw) == 36 and ctypes.sizeof(ctypes.c_uint32) * 9 == 36
 
 
-def test_backend_decapsulator_restores_the_clients_packet(lb):
+def _decap_fd(core) -> int:
     from bcc import BPF
 
+    return core.prog.bpf.load_func(b"mptcp_lb_decap", BPF.XDP).fd
+
+
+def test_backend_decapsulator_restores_the_clients_packet(lb):
     from controller.libbpf import test_run
 
     data = frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], payload=b"hello")
     verdict, out = run(lb, data)
     assert verdict == XDP_TX
-    decap = lb.prog.bpf.load_func(b"mptcp_lb_decap", BPF.XDP)
-    verdict, _, inner = test_run(decap.fd, out, 1, 4096)
+    decap = _decap_fd(lb)
+    verdict, _, inner = test_run(decap, out, 1, 4096)
     assert verdict == XDP_PASS
     assert inner[:14] == out[:14]  # the Ethernet header as it arrived
     assert inner[14:] == data[14:]  # the client's IP packet, byte for byte
     # Anything else passes untouched.
-    verdict, _, same = test_run(decap.fd, data, 1, 4096)
+    verdict, _, same = test_run(decap, data, 1, 4096)
     assert (verdict, same) == (XDP_PASS, data)
 
 
@@ -351,3 +369,148 @@ def test_the_dss_fast_path_still_sees_an_add_addr_behind_a_dss(lb):
     events(lb)
     assert counters(lb)["add_addr"] == 1
     assert lb.status()["controller"]["add_addr_hmac_ok"] == 1
+
+
+def test_a_join_syn_in_linux_option_order_is_steered_by_its_token(lb):
+    # MSS, SACK-permitted + timestamps, NOP window scale, MP_JOIN: the walk starts at the join.
+    be = learn(lb)
+    token = crypto.token(SERVER_KEY)
+    parts = [MSS, SACK_PERM, TIMESTAMPS, NOP, WSCALE, join_syn(0, 2, token, 9)]
+    verdict, out = run(lb, frame(parts, flags="S", src=CLIENT2, sport=50100))
+    assert verdict == XDP_TX
+    assert outer(out)[0].dst == be
+    assert counters(lb)["join_hit"] == 1
+
+
+def test_a_retransmitted_syn_keeps_its_entry(lb):
+    data = frame([mp_capable()], flags="S", sport=45000)
+    for _ in range(3):
+        verdict, out = run(lb, data)
+        assert verdict == XDP_TX
+    assert lb.prog.conn_count() == 1
+    assert [v.backend for _, _, v in lb.prog.conn_entries()] == [
+        lb.backends[[b.addr for b in lb.backends].index(expected_backend(lb, sport=45000))].id]
+
+
+# --- IPv6 VIP: IPv6-in-IPv6 -------------------------------------------------------------------
+
+VIP6 = "2001:db8::80"
+CLIENT6, CLIENT6B = "2001:db8:1::10", "2001:db8:2::10"
+LB6_SRC = "fd00:20::2"
+BACKENDS6 = ["fd00:20::11", "fd00:20::12", "fd00:20::13"]
+BE6_MAC = {b: bytes.fromhex(f"02bb000006{i + 1:02x}") for i, b in enumerate(BACKENDS6)}
+
+
+@pytest.fixture
+def lb6(root_bpf):
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram(family=6)
+    core = LbCore(prog, LbOptions(VIP6, VPORT, list(BACKENDS6), src=LB6_SRC, smac=LB_MAC),
+                  static_hops={b: (m, 0) for b, m in BE6_MAC.items()})
+    yield core
+    prog.close()
+
+
+def frame6(parts, flags="A", src=CLIENT6, sport=40000, dst=VIP6, payload=b""):
+    return bytes(Ether(**IN_MAC) / IPv6(src=src, dst=dst, hlim=61, tc=0x28, fl=0x12345)
+                 / tcp(parts, flags=flags, sport=sport, dport=VPORT, payload=payload))
+
+
+def expected_backend6(core, src=CLIENT6, sport=40000) -> str:
+    table = maglev.build_table({b.id: b.addr for b in core.backends if not b.draining})
+    return core.backend_addr(maglev.pick(table, src, sport, VPORT))
+
+
+def test_ipv6_syn_is_encapsulated_ipv6_in_ipv6_to_the_maglev_backend(lb6):
+    data = frame6([mp_capable(flags=0x81)], flags="S")
+    verdict, out = run(lb6, data)
+    assert verdict == XDP_TX
+    eth = Ether(out)
+    o = eth[IPv6]
+    want = expected_backend6(lb6)
+    assert eth.type == 0x86DD
+    assert bytes.fromhex(eth.dst.replace(":", "")) == BE6_MAC[want]
+    assert (o.src, o.dst, o.nh, o.hlim) == (LB6_SRC, want, 41, 64)
+    assert (o.tc, o.fl) == (0x28, 0x12345)  # as the client sent them
+    assert o.plen == len(data) - 14
+    assert out[14 + 40:] == data[14:]
+    assert counters(lb6)["new_flow"] == 1
+
+
+def test_ipv6_program_and_controller_agree_on_the_flow_hash(lb6):
+    got = set()
+    for sport in range(40000, 40030):
+        verdict, out = run(lb6, frame6([mp_capable()], flags="S", sport=sport))
+        assert verdict == XDP_TX
+        got.add(Ether(out)[IPv6].dst)
+        assert Ether(out)[IPv6].dst == expected_backend6(lb6, sport=sport)
+    assert got == set(BACKENDS6)
+
+
+def test_ipv6_join_goes_where_the_keys_of_its_connection_went(lb6):
+    run(lb6, frame6([mp_capable()], flags="S"))
+    run(lb6, frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)]))
+    events(lb6)
+    be = expected_backend6(lb6)
+    token = crypto.token(SERVER_KEY)
+    assert lb6.backend_addr(lb6.tokens_get(token)) == be
+    for sport in (50001, 50002):
+        parts = [MSS, SACK_PERM, TIMESTAMPS, NOP, WSCALE, join_syn(0, 2, token, 5)]
+        verdict, out = run(lb6, frame6(parts, flags="S", src=CLIENT6B, sport=sport))
+        assert verdict == XDP_TX
+        assert Ether(out)[IPv6].dst == be
+        verdict, out = run(lb6, frame6([NOP, NOP, TIMESTAMPS, dss(ack=3)], src=CLIENT6B,
+                                       sport=sport))
+        assert Ether(out)[IPv6].dst == be
+    assert counters(lb6)["join_hit"] == 2
+    # And an unknown token is dropped as with IPv4.
+    verdict, _ = run(lb6, frame6([join_syn(0, 2, token ^ 1, 5)], flags="S", src=CLIENT6B))
+    assert verdict == XDP_DROP
+
+
+def test_ipv6_add_addr_of_a_join_is_checked_against_its_connection(lb6):
+    run(lb6, frame6([mp_capable()], flags="S"))
+    run(lb6, frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)]))
+    events(lb6)
+    token = crypto.token(SERVER_KEY)
+    run(lb6, frame6([join_syn(0, 2, token, 5)], flags="S", src=CLIENT6B, sport=50003))
+    good = crypto.add_addr_hmac(CLIENT_KEY, SERVER_KEY, 7, "2001:db8:3::10")
+    run(lb6, frame6([NOP, NOP, TIMESTAMPS, add_addr(7, "2001:db8:3::10", hmac=good)],
+                    src=CLIENT6B, sport=50003))
+    events(lb6)
+    assert lb6.status()["controller"]["add_addr_hmac_ok"] == 1
+
+
+def test_ipv6_lb_passes_ipv4_and_other_traffic(lb6):
+    for data in (frame([mp_capable()], flags="S"),
+                 frame6([mp_capable()], flags="S", dst="2001:db8::81"),
+                 bytes(Ether(**IN_MAC) / IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=1, dport=VPORT))):
+        verdict, out = run(lb6, data)
+        assert (verdict, out) == (XDP_PASS, data)
+
+
+def test_ipv6_decapsulator_restores_the_clients_packet(lb6):
+    from controller.libbpf import test_run
+
+    data = frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], payload=b"hello")
+    verdict, out = run(lb6, data)
+    assert verdict == XDP_TX
+    decap = _decap_fd(lb6)
+    verdict, _, inner = test_run(decap, out, 1, 4096)
+    assert verdict == XDP_PASS
+    assert inner[:14] == out[:14]
+    assert inner[14:] == data[14:]
+
+
+def test_mixed_families_are_rejected_in_one_line():
+    from controller.errors import BadInput
+    from controller.lb import parse_backends, parse_vip
+
+    assert parse_vip("[2001:db8::1]:80") == ("2001:db8::1", 80)
+    for call, words in ((lambda: parse_backends(["fd00::1"], "198.51.100.80"), "IPv6"),
+                        (lambda: parse_backends(["10.0.0.1"], "2001:db8::1"), "IPv4"),
+                        (lambda: parse_vip("2001:db8::1:80"), "[ADDR]:PORT")):
+        with pytest.raises(BadInput) as e:
+            call()
+        assert len(str(e.value).splitlines()) == 1 and words in str(e.value)
