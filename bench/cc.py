@@ -488,14 +488,16 @@ def plot(results: dict) -> None:
 # --- main --------------------------------------------------------------------------------------
 
 
-def bench(quick: bool, parts: tuple[str, ...], console) -> dict:
+def bench(quick: bool, parts: tuple[str, ...], console, override: dict | None = None) -> dict:
     """Run the parts asked for; a part not run keeps its results from an existing cc.json of
-    the same mode (so one part can be re-run alone)."""
-    prof = QUICK if quick else FULL
+    the same mode (so one part can be re-run alone). `override` replaces profile entries (ns,
+    algos, measure) for a partial exploration run."""
+    prof = dict(QUICK if quick else FULL, **(override or {}))
     skip, measure = prof["skip"], prof["measure"]
     results: dict = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "kernel": platform.release(), "mode": "quick" if quick else "full",
+        "kernel": platform.release(),
+        "mode": ("quick" if quick else "full") + ("+custom" if override else ""),
         "skip_seconds": skip, "measure_seconds": measure, "link_mbit": LINK_MBIT,
         "tbf": TBF, "frame_payload_ceiling": round(FRAME_PAYLOAD, 4),
         "n_values": list(prof["ns"]), "shared": {}, "pooling": {},
@@ -588,7 +590,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="N in {1, 2}, uncoupled and lia, 5 s runs (a smoke run)")
     ap.add_argument("--part", choices=("all", "shared", "pooling"), default="all",
                     help="run one part only; the other keeps its results from cc.json")
+    ap.add_argument("--n", help="comma-separated subflow counts (default: the profile's)")
+    ap.add_argument("--algo", help="comma-separated algorithms (default: the profile's)")
+    ap.add_argument("--seconds", type=float, help="measured seconds per run")
     args = ap.parse_args(argv)
+    override: dict = {}
+    try:
+        if args.n:
+            override["ns"] = tuple(int(x) for x in args.n.split(","))
+            if not all(1 <= n <= MAX_PATHS for n in override["ns"]):
+                raise ValueError
+    except ValueError:
+        print(f"--n takes subflow counts between 1 and {MAX_PATHS}", file=sys.stderr)
+        return 2
+    if args.algo:
+        override["algos"] = tuple(args.algo.split(","))
+        bad = set(override["algos"]) - set(FULL["algos"])
+        if bad:
+            print(f"unknown algorithm {sorted(bad)[0]!r}; choose from {', '.join(FULL['algos'])}",
+                  file=sys.stderr)
+            return 2
+    if args.seconds:
+        override["measure"] = args.seconds
     if os.geteuid() != 0:
         print("bench.cc needs root (network namespaces, BPF)", file=sys.stderr)
         return 1
@@ -597,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     started = time.monotonic()
     parts = ("shared", "pooling") if args.part == "all" else (args.part,)
-    results = bench(args.quick, parts, console)
+    results = bench(args.quick, parts, console, override)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
