@@ -72,7 +72,7 @@ static __always_inline void add_dir(struct dir_stats *d, __u32 segs, __u32 paylo
 	d->bytes += payload;
 }
 
-static __always_inline void add_dir_atomic(struct dir_stats *d, __u32 segs, __u32 payload)
+static __always_inline void add_dir_atomic(struct dir_stats *d, __u64 segs, __u64 payload)
 {
 	__sync_fetch_and_add(&d->packets, segs);
 	__sync_fetch_and_add(&d->bytes, payload);
@@ -272,7 +272,20 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 		if (!c->first_ns)
 			c->first_ns = now;
 		c->last_ns = now;
-		add_dir_atomic(&c->dir[dir & 1], segs, pi->payload);
+		__u32 d = dir & 1;
+		if (s->conn_summed[d]) {
+			add_dir_atomic(&c->dir[d], segs, pi->payload);
+		} else {
+			/* The first packet since the token became known: the connection gets what
+			 * the subflow carried before it too (this packet included). */
+			add_dir_atomic(&c->dir[d], s->dir[d].packets, s->dir[d].bytes);
+			s->conn_summed[d] = 1;
+		}
+		/* Checksums are a connection's choice, made in MP_CAPABLE: its joins (MP_JOIN
+		 * has no such flag) learn it here, and their data is checked from then on. */
+		s->flags |= c->flags & SF_CHECKSUM;
+		if ((s->flags & SF_CHECKSUM) && !(c->flags & SF_CHECKSUM))
+			c->flags |= SF_CHECKSUM; /* the only bit: a racing writer sets the same */
 	}
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < MAX_DECODED_OPTS; i++) {

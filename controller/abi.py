@@ -6,7 +6,7 @@ Update both files together; tests/unit/test_abi.py compiles the header and compa
 import ctypes as C
 import enum
 
-MPTCPCTL_ABI = 2
+MPTCPCTL_ABI = 3
 TCPOPT_MPTCP = 30
 TCP_OPT_SPACE = 40
 MAX_DECODED_OPTS = 13
@@ -137,6 +137,18 @@ class FlowKey(C.Structure):
     ]
 
 
+def flow_key(local: str, lport: int, remote: str, rport: int) -> FlowKey:
+    """The FlowKey of a subflow as this host sees it (addresses as text, ports in host order)."""
+    import ipaddress
+    import socket
+
+    la, ra = ipaddress.ip_address(local), ipaddress.ip_address(remote)
+    k = FlowKey(family=la.version, lport=socket.htons(lport), rport=socket.htons(rport))
+    k.laddr[:] = list(la.packed.ljust(16, b"\0"))
+    k.raddr[:] = list(ra.packed.ljust(16, b"\0"))
+    return k
+
+
 class DirStats(C.Structure):
     _fields_ = [
         ("packets", C.c_uint64),
@@ -179,6 +191,7 @@ class SubflowStats(C.Structure):
         ("token_gen", C.c_uint32),
         ("peer_isn", C.c_uint32),
         ("csum", DssCsum),
+        ("conn_summed", C.c_uint32 * 2),
     ]
 
 
@@ -190,6 +203,8 @@ class ConnStats(C.Structure):
         ("tcprst", C.c_uint64),
         ("first_ns", C.c_uint64),
         ("last_ns", C.c_uint64),
+        ("flags", C.c_uint32),
+        ("pad", C.c_uint32),
     ]
 
 

@@ -12,8 +12,6 @@ own last ACKs (their staleness is at most one of their inter-ACK gaps)."""
 from __future__ import annotations
 
 import ctypes as C
-import ipaddress
-import socket
 
 from . import abi, cc
 from .errors import BadInput
@@ -39,14 +37,6 @@ class CcSf(C.Structure):
 
 
 W_SHIFT = 10
-
-
-def flow_key(local: str, lport: int, remote: str, rport: int) -> abi.FlowKey:
-    la, ra = ipaddress.ip_address(local), ipaddress.ip_address(remote)
-    k = abi.FlowKey(family=la.version, lport=socket.htons(lport), rport=socket.htons(rport))
-    k.laddr[:] = list(la.packed.ljust(16, b"\0"))
-    k.raddr[:] = list(ra.packed.ljust(16, b"\0"))
-    return k
 
 
 class Coupler:

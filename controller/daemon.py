@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import control, datapath, health, netns, policy, sysctl
+from . import abi, control, datapath, health, netns, policy, sysctl
 from .config import DaemonConfig
 from .errors import BadInput, MissingFeature, MptcpctlError
 from .model import (
@@ -114,6 +114,8 @@ class Daemon:
         self.handover_from: dict[int, float] = {}          # token -> when it lost its last path
         self.saved: sysctl.SavedSysctls | None = None
         self.attachment: datapath.Attachment | None = None
+        # (FlowKey, local token) the datapath is yet to learn: written once per loop turn.
+        self.pending_tokens: list = []
         self.dssfix = None           # controller.dssfix.DssFix with cfg.fix_dss_checksum
         self.sockops = None
         self.coupler = None
@@ -284,6 +286,7 @@ class Daemon:
                         key.data()
                     except MptcpctlError as e:
                         log.warning("%s", e)
+                self._flush_tokens()
                 self._run_timers()
         finally:
             self.stop()
@@ -374,6 +377,7 @@ class Daemon:
             server_side=bool(ev.server_side), deny_join_id0=bool(ev.deny_join_id0),
             created_ns=time.monotonic_ns(),
         )
+        self._token_of(ev.token, ev.saddr, ev.sport, ev.daddr, ev.dport)
 
     def _ev_established(self, ev) -> None:
         conn = self.conns.get(ev.token)
@@ -420,6 +424,7 @@ class Daemon:
             sf = Subflow(ev.saddr, ev.sport, ev.daddr, ev.dport)
             conn.subflows.append(sf)
         sf.lport, sf.established = ev.sport, True
+        self._token_of(conn.token, ev.saddr, ev.sport, ev.daddr, ev.dport)
         sf.loc_id, sf.rem_id = ev.loc_id, ev.rem_id
         sf.backup = bool(ev.backup)
         sf.ifindex = ev.if_idx
@@ -450,6 +455,26 @@ class Daemon:
         sf = self._find_subflow(conn, ev.saddr, ev.sport, ev.daddr, ev.dport)
         if sf is not None:
             sf.backup = bool(ev.backup)
+
+    def _token_of(self, token: int, saddr, sport, daddr, dport) -> None:
+        """The datapath sums a subflow into its connection once it knows the local token,
+        which the path manager's events give us for every subflow (the wire shows it only in
+        an incoming MP_JOIN SYN)."""
+        if self.attachment is None or None in (saddr, sport, daddr, dport):
+            return
+        try:
+            self.pending_tokens.append((abi.flow_key(saddr, sport, daddr, dport), token))
+        except ValueError:
+            log.warning("subflow %s:%s -> %s:%s: not an address pair", saddr, sport, daddr, dport)
+
+    def _flush_tokens(self) -> None:
+        if not self.pending_tokens or self.attachment is None:
+            return
+        tokens, self.pending_tokens = self.pending_tokens, []
+        try:
+            self.attachment.set_tokens(tokens)
+        except MptcpctlError as e:
+            log.warning("datapath tokens: %s", e)
 
     @staticmethod
     def _find_subflow(conn, saddr, sport, daddr, dport):
@@ -616,6 +641,7 @@ class Daemon:
                     conn.subflows.append(Subflow(s.local, s.lport, s.remote, s.rport,
                                                  loc_id=s.loc_id, rem_id=s.rem_id,
                                                  backup=bool(s.backup)))
+                    self._token_of(c.token, s.local, s.lport, s.remote, s.rport)
             self.conns[c.token] = conn
             self._note("adopted", f"token={c.token:08x} {c.local}:{c.lport} -> "
                        f"{c.remote}:{c.rport} subflows={len(conn.subflows)}")
@@ -700,9 +726,7 @@ class Daemon:
                 k, d = kernel.get(key), dp.get(key)
                 cv = {}
                 if s.lport:
-                    from .coupling import flow_key
-
-                    cv = ccview.get(bytes(flow_key(*key)), {})
+                    cv = ccview.get(bytes(abi.flow_key(*key)), {})
                 subflows.append({
                     "local": s.local, "lport": s.lport, "remote": s.remote, "rport": s.rport,
                     "loc_id": s.loc_id, "rem_id": s.rem_id, "backup": s.backup,

@@ -255,6 +255,12 @@ class Attachment:
                 self.state.ifaces.remove(st)
                 self.state.save()
 
+    def set_tokens(self, tokens: list) -> None:
+        """Tell the datapath the local connection token of subflows [(FlowKey, token)] (the
+        daemon knows them from the path manager's events), so it sums them per connection."""
+        write_tokens(self.prog.map("subflow_token", abi.FlowKey, C.c_uint32),
+                     self.prog.map("config", C.c_uint32, abi.Config), tokens)
+
     def forget(self, name: str) -> None:
         """The interface vanished (and its programs with it): drop it from the state."""
         self.state.ifaces = [i for i in self.state.ifaces if i.name != name]
@@ -405,6 +411,18 @@ def _pin_maps(prog: Program, where: Path) -> None:
         pin(prog.map_fd(name), str(where / name))
 
 
+def write_tokens(subflow_token: PinnedMap, config: PinnedMap, tokens: list) -> None:
+    """Write local connection tokens [(FlowKey, token)] to subflow_token, then bump
+    config.token_gen so the datapath looks them up (each subflow does once per bump)."""
+    if not tokens:
+        return
+    for key, tok in tokens:
+        subflow_token.update(key, C.c_uint32(tok))
+    cfg = config.lookup(C.c_uint32(0)) or abi.Config()
+    cfg.token_gen = (cfg.token_gen + 1) & 0xFFFFFFFF
+    config.update(C.c_uint32(0), cfg)
+
+
 # --- readers of the pinned maps --------------------------------------------------------------
 
 
@@ -430,15 +448,7 @@ class PinnedDatapath:
                                             abi.SfTcpState)
 
     def set_tokens(self, tokens: list) -> None:
-        """Write local connection tokens [(FlowKey, token)] to subflow_token, then bump
-        config.token_gen so the datapath looks them up (it does once per bump)."""
-        if not tokens:
-            return
-        for key, tok in tokens:
-            self.subflow_token.update(key, C.c_uint32(tok))
-        cfg = self.config.lookup(C.c_uint32(0)) or abi.Config()
-        cfg.token_gen = (cfg.token_gen + 1) & 0xFFFFFFFF
-        self.config.update(C.c_uint32(0), cfg)
+        write_tokens(self.subflow_token, self.config, tokens)
 
     def counter_values(self) -> dict[str, int]:
         out = {}

@@ -5,7 +5,7 @@
 #define MPTCPCTL_ABI_H
 
 /* Bump on any change below; pins live under /sys/fs/bpf/mptcpctl/v<ABI>/. */
-#define MPTCPCTL_ABI 2
+#define MPTCPCTL_ABI 3
 
 /* TCP option kind assigned to MPTCP (RFC 8684 §3). */
 #define TCPOPT_MPTCP 30
@@ -162,6 +162,9 @@ struct subflow_stats {
 	__u32 token_gen; /* config.token_gen + 1 when subflow_token was last consulted; 0 never */
 	__u32 peer_isn;  /* the peer's initial sequence number, see SF_HAVE_PEER_ISN */
 	struct dss_csum csum; /* incoming DSS checksums, when the connection uses them */
+	/* Per direction: 1 once what it carried before its connection was known went into
+	 * conns (each direction has one writer, so no flag of the other is lost). */
+	__u32 conn_summed[2];
 };
 
 /* Value of the conns map (key: local token). */
@@ -172,6 +175,8 @@ struct conn_stats {
 	__u64 tcprst;    /* packets carrying MP_TCPRST */
 	__u64 first_ns;
 	__u64 last_ns;
+	__u32 flags; /* SF_CHECKSUM: the connection uses DSS checksums (its MP_CAPABLE said so) */
+	__u32 pad;
 };
 
 /* Global per-CPU counters: index of the counters map. */

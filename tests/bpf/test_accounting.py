@@ -86,7 +86,14 @@ def test_a_token_the_controller_writes_is_used_once_it_bumps_token_gen(prog):
     prog.set_config(token_gen=1)
     ingress(prog, seg, payload=b"y" * 100)
     c = conns.lookup(ctypes.c_uint32(0x1234ABCD))
-    assert c is not None and c.dir[abi.Direction.DIR_INGRESS].bytes == 100
+    # The connection then holds all its subflow carried, the segments from before too.
+    assert c is not None and c.dir[abi.Direction.DIR_INGRESS].bytes == 300
+    assert c.dir[abi.Direction.DIR_INGRESS].packets == 3
+    ingress(prog, seg, payload=b"y" * 100)
+    c = conns.lookup(ctypes.c_uint32(0x1234ABCD))
+    assert (c.dir[0].packets, c.dir[0].bytes) == (4, 400)
+    assert (c.dir[0].packets, c.dir[0].bytes) == (subflows.lookup(k).dir[0].packets,
+                                                  subflows.lookup(k).dir[0].bytes)
 
 
 def test_mp_capable_keys_land_on_the_right_side(prog):
@@ -173,7 +180,7 @@ def test_pinned_reader_sums_counters_and_learns_tokens(prog, tmp_path, monkeypat
             dp.close()
         ingress(prog, [dss(ack=1, dsn=6, dlen=5)], payload=b"world")
         c = maps(prog)[2].lookup(ctypes.c_uint32(crypto.token(K2)))
-        assert c is not None and c.dir[abi.Direction.DIR_INGRESS].bytes == 5
+        assert c is not None and c.dir[abi.Direction.DIR_INGRESS].bytes == 10  # hello, world
     finally:
         shutil.rmtree(pins.parent)
 

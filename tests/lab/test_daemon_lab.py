@@ -18,6 +18,7 @@ import pytest
 
 from controller import daemon, datapath, diag, transfer
 from controller import lab as labmod
+from controller.netns import entered as netns_entered
 
 from .conftest import add_server_address, assert_datapath_gone
 
@@ -351,3 +352,49 @@ def test_down_after_a_crash_and_a_deleted_namespace_removes_what_is_left(tmp_pat
     from controller import sockops
 
     assert prog not in sockops.attached_ids()
+
+
+def test_dss_checksums_are_verified_on_every_subflow_of_a_connection_joins_included(bare_lab):
+    """Checksums are negotiated in MP_CAPABLE only; the server's daemon tells its datapath
+    each subflow's connection token (from the path manager's events), so the join subflow
+    learns that its connection uses checksums and its data is verified too."""
+    from controller import abi
+
+    lab = bare_lab
+    with sysctl_on_both(lab, "net.mptcp.checksum_enabled", "1"):
+        cli("up", "--netns", lab.client, "--cc", "uncoupled")
+        cli("up", "--netns", lab.server, "--cc", "uncoupled")
+        try:
+            sent, _got = Background(lab, 8_000_000).result()
+            with netns_entered(lab.server):
+                dp = datapath.PinnedDatapath(lab.server)
+                try:
+                    subflows = [s for _k, s in dp.subflows.items() if s.dir[0].bytes > 0]
+                    conns = [c for _k, c in dp.conns.items()]
+                finally:
+                    dp.close()
+        finally:
+            cli("down", "--netns", lab.server, check=False)
+    carried = [s for s in sent["subflows"] if s["bytes_sent"] > 0]
+    assert len(carried) == 2, "the transfer did not use both paths"
+    assert len(subflows) == 2 and any(s.flags & abi.SubflowFlags.SF_JOIN for s in subflows)
+    for s in subflows:
+        kind = "join" if s.flags & abi.SubflowFlags.SF_JOIN else "initial"
+        assert s.flags & abi.SubflowFlags.SF_CHECKSUM, f"the {kind} subflow was not checked"
+        assert s.csum.verified > 0 and s.csum.bad == 0, (kind, s.csum.verified, s.csum.bad)
+    # One connection, summed from both subflows.
+    assert [c.flags & abi.SubflowFlags.SF_CHECKSUM for c in conns] == [abi.SubflowFlags.SF_CHECKSUM]
+    assert conns[0].dir[0].bytes == sum(s.dir[0].bytes for s in subflows)
+
+
+@contextlib.contextmanager
+def sysctl_on_both(lab, name, value):
+    old = [labmod.ns_exec(ns, ["sysctl", "-n", name], capture_output=True, text=True,
+                          check=True).stdout.strip() for ns in (lab.client, lab.server)]
+    try:
+        for ns in (lab.client, lab.server):
+            labmod.ns_exec(ns, ["sysctl", "-qw", f"{name}={value}"], check=True)
+        yield
+    finally:
+        for ns, v in zip((lab.client, lab.server), old, strict=True):
+            labmod.ns_exec(ns, ["sysctl", "-qw", f"{name}={v}"], check=False)
