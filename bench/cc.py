@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.common import finally_on_sigterm
 from controller.lab import ns_exec
 from controller.transfer import parse_ss
 
@@ -594,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algo", help="comma-separated algorithms (default: the profile's)")
     ap.add_argument("--seconds", type=float, help="measured seconds per run")
     args = ap.parse_args(argv)
+    finally_on_sigterm()
     override: dict = {}
     try:
         if args.n:

@@ -21,3 +21,12 @@ def run_options(prog: str, doc: str | None, repeat: int, samples: int, quick_rep
     if n < 1 or k < 1:
         ap.error("--repeat and --samples must be positive")
     return n, k, args.out or (None if args.quick else results)
+
+
+def finally_on_sigterm() -> None:
+    """A SIGTERM (a killed `make bench`, a CI timeout) raises SystemExit, so the benchmark's
+    finally blocks still delete its namespaces and stop its daemons."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

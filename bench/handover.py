@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import finally_on_sigterm
 from controller import diag, pm
 from controller import lab as labmod
 
@@ -551,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, help="short connections per creation run")
     ap.add_argument("--pm", action="append", choices=PMS, help="only these path managers")
     args = ap.parse_args(argv)
+    finally_on_sigterm()
     if os.geteuid() != 0:
         print("bench.handover needs root (network namespaces)", file=sys.stderr)
         return 1

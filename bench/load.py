@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.common import finally_on_sigterm
 from controller import diag, pm
 from controller import lab as labmod
 
@@ -650,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, help="concurrent connections")
     ap.add_argument("--bytes", type=int, help="bytes per connection (at most 1 MiB)")
     args = ap.parse_args(argv)
+    finally_on_sigterm()
     if os.geteuid() != 0:
         print("bench.load needs root (network namespaces)", file=sys.stderr)
         return 1
