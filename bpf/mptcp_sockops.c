@@ -18,6 +18,10 @@ BPF_ARRAY(cc_params, struct cc_params, 1);
  * by this program only; deleted on close. */
 BPF_TABLE("lru_hash", struct flow_key, struct cc_sf, cc_sf, SUBFLOW_ENTRIES);
 
+/* cc_sf_init: per CPU, the cc_sf a new subflow starts from (kept off the 512-byte stack).
+ * Written and read by this program within one call. */
+BPF_PERCPU_ARRAY(cc_sf_init, struct cc_sf, 1);
+
 /* cc_conns: __u64 MPTCP socket (its address: unique while it lives) -> struct cc_conn, every
  * subflow's coupled window and RTT as its siblings see them. Written and read by this program;
  * a subflow frees its slot on close. */
@@ -27,6 +31,8 @@ BPF_ARRAY(cc_zero, struct cc_conn, 1);
 
 /* Set at `down`: every clamp goes back to CLAMP_NONE on the subflow's next ACK. */
 #define CC_LIFT 255
+/* A flag in couple()'s result (windows stay below 2^21 packets): set the clamp again. */
+#define CC_REPUSH (1u << 31)
 
 #define SOL_TCP_ 6
 #define AF_INET_ 2
@@ -105,7 +111,8 @@ static __always_inline __u32 take_slot(struct cc_conn *c, __u32 id, __u32 hint)
 }
 
 /* One ACK of the coupled algorithm: returns the window (packets) the subflow may have now, or 0
- * while it is in its first slow start (RFC 6356 couples congestion avoidance only).
+ * while it is in its first slow start (RFC 6356 couples congestion avoidance only); with
+ * CC_REPUSH set when the clamp must be set again even if unchanged (to undo a kernel cut).
  *
  * A loss episode is a drop of ssthresh below the value we last saw: the kernel's Reno halved
  * (fast recovery) or restarted (timeout); ours then follows it (BALIA cuts deeper), and the
@@ -116,17 +123,22 @@ static __always_inline __u32 take_slot(struct cc_conn *c, __u32 id, __u32 hint)
 static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flow_key *k, __u64 msk,
 				    __u32 algo, __u32 min_clamp)
 {
+	__u32 repush = 0;
 	__u32 cwnd = skops->snd_cwnd, ss = skops->snd_ssthresh, mss = skops->mss_cache;
 	__u64 total = skops->bytes_acked;
 	struct cc_sf *sf = cc_sf.lookup((struct flow_key *)k);
 	if (!sf || sf->conn != msk) {
-		struct cc_sf init = {};
-		init.conn = msk;
-		init.bytes_acked = total;
-		init.w = cwnd << W_SHIFT;
-		init.last_ssthresh = ss;
-		init.slot = CC_SLOTS;
-		cc_sf.update((struct flow_key *)k, &init);
+		__u32 zero = 0;
+		struct cc_sf *init = cc_sf_init.lookup(&zero);
+		if (!init)
+			return 0;
+		__builtin_memset(init, 0, sizeof(*init));
+		init->conn = msk;
+		init->bytes_acked = total;
+		init->w = cwnd << W_SHIFT;
+		init->last_ssthresh = ss;
+		init->slot = CC_SLOTS;
+		cc_sf.update((struct flow_key *)k, init);
 		sf = cc_sf.lookup((struct flow_key *)k);
 		if (!sf)
 			return 0;
@@ -154,15 +166,28 @@ static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flo
 	__u32 cw = cwnd > (CC_MAX_W >> W_SHIFT) ? (CC_MAX_W >> W_SHIFT) : cwnd;
 	if (ss != sf->last_ssthresh) {
 		if (ss < sf->last_ssthresh) {
-			__u32 nw = ss << W_SHIFT;
-			if (algo == CC_BALIA && sf->coupled) {
-				struct cc_sums sums;
-				cc_sum(c, slot, &sums);
-				__u32 b = cc_balia_decrease(&sums, w);
-				if (b < nw)
-					nw = b;
+			__u64 now = bpf_ktime_get_ns();
+			__u64 rtt_ns = (__u64)(skops->srtt_us >> 3) * 1000;
+			if (sf->coupled && now - c->last_cut_ns < rtt_ns) {
+				/* A sibling's window was cut less than an RTT ago: one
+				 * congestion event of the connection (a shared queue
+				 * overflowing drops from every subflow at once), which TCP
+				 * answers with one cut. Undo the kernel's. */
+				sf->merged++;
+
+				repush = CC_REPUSH;
+			} else {
+				__u32 nw = ss << W_SHIFT;
+				if (algo == CC_BALIA && sf->coupled) {
+					struct cc_sums sums;
+					cc_sum(c, slot, &sums);
+					__u32 b = cc_balia_decrease(&sums, w);
+					if (b < nw)
+						nw = b;
+				}
+				w = nw;
+				c->last_cut_ns = now;
 			}
-			w = nw;
 			sf->losses++;
 			sf->coupled = 1;
 			me->l1 = me->l2;
@@ -184,7 +209,7 @@ static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flo
 	sf->w = w;
 	me->w = w;
 	me->rtt_us = skops->srtt_us >> 3;
-	return sf->coupled ? w >> W_SHIFT : 0;
+	return sf->coupled ? (w >> W_SHIFT) | repush : 0;
 }
 
 static __always_inline void set_clamp(struct bpf_sock_ops *skops, struct sf_tcp_state *st,
@@ -246,17 +271,22 @@ static __always_inline void record(struct bpf_sock_ops *skops, struct flow_key *
 	struct cc_params *p = cc_params.lookup(&zero);
 	__u32 algo = p ? p->algo : CC_UNCOUPLED;
 	__u32 target = 0;
+	__u32 repush = 0;
 	if (algo == CC_LIFT) {
 		if (st.clamp && st.clamp != CLAMP_NONE)
 			target = CLAMP_NONE;
 	} else if (algo != CC_UNCOUPLED) {
 		__u32 min_clamp = p && p->min_clamp ? p->min_clamp : CC_MIN_CLAMP;
 		target = couple(skops, k, msk, algo, min_clamp);
+		repush = target & CC_REPUSH;
+		target &= ~CC_REPUSH;
 	}
 	__u32 *want = cwnd_clamp.lookup(k);
 	if (want && *want && (!target || *want < target || *want == CLAMP_NONE))
 		target = *want;
-	if (target && target != st.clamp)
+	/* Setting the clamp again also puts ssthresh back to it: a cut the kernel made is undone.
+	 */
+	if (target && (target != st.clamp || repush))
 		set_clamp(skops, &st, k, target);
 	tcp_state.update(k, &st);
 }

@@ -33,7 +33,8 @@ class CcSf(C.Structure):
 
     _fields_ = [("conn", C.c_uint64), ("bytes_acked", C.c_uint64), ("w", C.c_uint32),
                 ("pushed", C.c_uint32), ("last_ssthresh", C.c_uint32), ("slot", C.c_uint32),
-                ("coupled", C.c_uint32), ("losses", C.c_uint32)]
+                ("coupled", C.c_uint32), ("losses", C.c_uint32), ("merged", C.c_uint32),
+                ("pad", C.c_uint32)]
 
 
 W_SHIFT = 10
@@ -73,5 +74,7 @@ class Coupler:
                         "clamp": st.clamp if st.clamp not in (0, abi.CLAMP_NONE) else None,
                         "srtt_ms": round(st.srtt_us / 1000, 2),
                         "coupled_window": round(sf.w / (1 << W_SHIFT), 2) if sf else None,
-                        "losses": sf.losses if sf else 0}
+                        "losses": sf.losses if sf else 0,
+                        # losses that were one congestion event with a sibling's: no cut
+                        "merged_losses": sf.merged if sf else 0}
         return out

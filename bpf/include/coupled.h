@@ -43,6 +43,7 @@ struct cc_slot {
 /* Value of the cc_conns map, keyed by the MPTCP socket. */
 struct cc_conn {
 	struct cc_slot sl[CC_SLOTS];
+	__u64 last_cut_ns; /* when a subflow's window was last cut for a loss */
 };
 
 /* Value of the cc_params map (one entry, written by the controller). */
@@ -61,6 +62,8 @@ struct cc_sf {
 	__u32 slot;    /* index in cc_conn.sl */
 	__u32 coupled; /* 1 once the first loss ended slow start */
 	__u32 losses;  /* loss episodes seen (for status and tests) */
+	__u32 merged;  /* of those, part of a sibling's congestion event: no second cut */
+	__u32 pad;
 };
 
 /* What every algorithm needs from the connection's live slots, i = the subflow itself. */
