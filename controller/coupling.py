@@ -37,7 +37,28 @@ class CcSf(C.Structure):
                 ("pad", C.c_uint32)]
 
 
+class CcSlot(C.Structure):
+    """struct cc_slot (bpf/include/coupled.h): one subflow of a connection's coupling."""
+
+    _fields_ = [("id", C.c_uint32), ("w", C.c_uint32), ("rtt_us", C.c_uint32),
+                ("pad", C.c_uint32), ("l1", C.c_uint64), ("l2", C.c_uint64)]
+
+
+CC_SLOTS = 8
+
+
+class CcConn(C.Structure):
+    """struct cc_conn (bpf/include/coupled.h), the cc_conns value."""
+
+    _fields_ = [("sl", CcSlot * CC_SLOTS), ("last_cut_ns", C.c_uint64)]
+
+
 W_SHIFT = 10
+
+# The mirror of bpf/include/coupled.h, checked against it by tests/unit/test_abi.py.
+STRUCTS = {"cc_slot": CcSlot, "cc_conn": CcConn, "cc_params": CcParams, "cc_sf": CcSf}
+CONSTANTS = {**{f"CC_{k.upper()}": v for k, v in ALGO_CODES.items()}, "CC_SLOTS": CC_SLOTS,
+             "W_SHIFT": W_SHIFT, "INC_SHIFT": 20, "RHO_SHIFT": 16, "CC_MIN_CLAMP": cc.MIN_CLAMP}
 
 
 class Coupler:

@@ -738,6 +738,8 @@ class Daemon:
                     "cwnd": cv.get("cwnd", getattr(k, "cwnd", None)),
                     "clamp": cv.get("clamp"),
                     "coupled_window": cv.get("coupled_window"),
+                    "losses": cv.get("losses"),
+                    "merged_losses": cv.get("merged_losses"),
                     "bytes_sent": getattr(k, "bytes_sent", None),
                     "bytes_received": getattr(k, "bytes_received", None),
                 })

@@ -111,6 +111,14 @@ class PinnedMap:
 
     def __init__(self, fd: int, key_type, value_type, percpu: bool = False):
         self.fd, self.key_type, self.value_type, self.percpu = fd, key_type, value_type, percpu
+        # A Python mirror that disagrees with the map would read past its buffer: refuse it.
+        info = obj_info(fd, MapInfo)
+        if (info.key_size, info.value_size) != (C.sizeof(key_type), C.sizeof(value_type)):
+            raise ValueError(
+                f"map {info.name.decode(errors='replace')!r}: key/value are "
+                f"{info.key_size}/{info.value_size} bytes, the Python mirror "
+                f"{key_type.__name__}/{value_type.__name__} is "
+                f"{C.sizeof(key_type)}/{C.sizeof(value_type)}")
         self.ncpus = os.cpu_count() if not percpu else _possible_cpus()
 
     @classmethod

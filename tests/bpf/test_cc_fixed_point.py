@@ -17,13 +17,13 @@ ALGOS = {"lia": 1, "olia": 2, "balia": 3}
 XDP_PASS = 2
 
 
-class Slot(C.Structure):
-    _fields_ = [("id", C.c_uint32), ("w", C.c_uint32), ("rtt_us", C.c_uint32),
-                ("pad", C.c_uint32), ("l1", C.c_uint64), ("l2", C.c_uint64)]
+Slot = coupling.CcSlot
 
 
 class Io(C.Structure):
-    _fields_ = [("sl", Slot * 8), ("acked_fp", C.c_uint64), ("algo", C.c_uint32),
+    """struct cc_io (cc_harness.c)."""
+
+    _fields_ = [("conn", coupling.CcConn), ("acked_fp", C.c_uint64), ("algo", C.c_uint32),
                 ("self", C.c_uint32), ("grown", C.c_uint32), ("balia_cut", C.c_uint32)]
 
 
@@ -40,7 +40,7 @@ def harness(root_bpf):
     def run(algo, subs, i, acked=1.0):
         x = Io(algo=ALGOS.get(algo, 0), self=i, acked_fp=int(acked * W_ONE))
         for j, s in enumerate(subs):
-            x.sl[j] = Slot(id=j + 1, w=int(s.cwnd * W_ONE), rtt_us=int(s.srtt_us),
+            x.conn.sl[j] = Slot(id=j + 1, w=int(s.cwnd * W_ONE), rtt_us=int(s.srtt_us),
                            l1=int(s.olia_l1_bytes), l2=int(s.olia_l2_bytes))
         io.update(C.c_uint32(0), x)
         rc, _ns, _ = libbpf.test_run(fn.fd, bytes(64))

@@ -1,7 +1,7 @@
 """Each BPF header and its Python mirror describe the same ABI: every constant has the same
 value, every struct the same size and field offsets (checked by compiling the header).
 bpf/include/abi.h ↔ controller/abi.py (datapath), bpf/include/lb_abi.h ↔ controller/lb_abi.py
-(load balancer)."""
+(load balancer), bpf/include/coupled.h ↔ controller/coupling.py (coupled congestion control)."""
 
 import ctypes
 import re
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from gates import skip_or_fail
 
-from controller import abi, lb_abi
+from controller import abi, coupling, lb_abi
 
 INCLUDE = Path(__file__).resolve().parents[2] / "bpf" / "include"
-MIRRORS = {"abi.h": abi, "lb_abi.h": lb_abi}
+MIRRORS = {"abi.h": abi, "lb_abi.h": lb_abi, "coupled.h": coupling}
 STRUCT_CASES = [(h, c) for h, m in MIRRORS.items() for c in m.STRUCTS]
 
 
@@ -40,7 +40,9 @@ def test_every_constant_in_the_header_is_mirrored_with_the_same_value(header):
 
 
 def _layout_program() -> str:
-    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>"]
+    # coupled.h also holds the BPF-side arithmetic: plain inline functions to a host compiler.
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
+             "#define __always_inline inline"]
     lines += [f'#include "{INCLUDE / h}"' for h in MIRRORS]
     lines.append("int main(void) {")
     for _header, cname in STRUCT_CASES:
