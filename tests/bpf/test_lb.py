@@ -341,20 +341,25 @@ def _decap_fd(core) -> int:
     return core.prog.bpf.load_func(b"mptcp_lb_decap", BPF.XDP).fd
 
 
-def test_backend_decapsulator_restores_the_clients_packet(lb):
+def _assert_decap_restores(core, data: bytes) -> None:
+    """The LB encapsulates `data`; the backend's decapsulator gives the client's packet back and
+    passes anything else untouched."""
     from controller.libbpf import test_run
 
-    data = frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], payload=b"hello")
-    verdict, out = run(lb, data)
+    verdict, out = run(core, data)
     assert verdict == XDP_TX
-    decap = _decap_fd(lb)
+    decap = _decap_fd(core)
     verdict, _, inner = test_run(decap, out, 1, 4096)
     assert verdict == XDP_PASS
     assert inner[:14] == out[:14]  # the Ethernet header as it arrived
     assert inner[14:] == data[14:]  # the client's IP packet, byte for byte
-    # Anything else passes untouched.
     verdict, _, same = test_run(decap, data, 1, 4096)
     assert (verdict, same) == (XDP_PASS, data)
+
+
+def test_backend_decapsulator_restores_the_clients_packet(lb):
+    _assert_decap_restores(lb, frame([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)],
+                                     payload=b"hello"))
 
 
 def test_the_dss_fast_path_still_sees_an_add_addr_behind_a_dss(lb):
@@ -491,16 +496,8 @@ def test_ipv6_lb_passes_ipv4_and_other_traffic(lb6):
 
 
 def test_ipv6_decapsulator_restores_the_clients_packet(lb6):
-    from controller.libbpf import test_run
-
-    data = frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)], payload=b"hello")
-    verdict, out = run(lb6, data)
-    assert verdict == XDP_TX
-    decap = _decap_fd(lb6)
-    verdict, _, inner = test_run(decap, out, 1, 4096)
-    assert verdict == XDP_PASS
-    assert inner[:14] == out[:14]
-    assert inner[14:] == data[14:]
+    _assert_decap_restores(lb6, frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)],
+                                       payload=b"hello"))
 
 
 def test_mixed_families_are_rejected_in_one_line():
