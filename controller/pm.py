@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6
@@ -445,15 +446,34 @@ class _EventMarshal(Marshal):
     default_message_class = pm_event_msg
 
 
-def decode_events(data: bytes) -> list[PMEvent]:
-    """PMEvents from a buffer of netlink messages as read from the events socket. Unknown event
-    types, unknown or malformed attributes and undecodable messages are logged and skipped."""
-    events = []
+def _whole_messages(data: bytes) -> tuple[bytes, bool]:
+    """The netlink messages at the front of `data` whose headers fit and whose lengths stay
+    inside it, and whether anything after them was cut short (logged). pyroute2's Marshal
+    checks a length against the whole buffer only, so it would drop or half-decode the rest."""
+    off = 0
+    while off < len(data):
+        # nlmsg_len, or None when not even the 16-byte nlmsghdr fits
+        length = struct.unpack_from("=I", data, off)[0] if off + 16 <= len(data) else None
+        if length is None or not 16 <= length <= len(data) - off:
+            log.warning("mptcp_pm: undecodable event: truncated message at byte %d of %d "
+                        "(nlmsg_len %s)", off, len(data), length)
+            return data[:off], True
+        off += length  # as Marshal.parse steps
+    return data, False
+
+
+def decode_event_buffer(data: bytes) -> tuple[list[PMEvent], bool]:
+    """PMEvents from a buffer of netlink messages as read from the events socket, and whether
+    events were lost to a truncated or undecodable buffer (the caller then resyncs, as on
+    ENOBUFS). Unknown event types, unknown or malformed attributes and undecodable messages are
+    logged and skipped."""
+    events: list[PMEvent] = []
+    data, lost = _whole_messages(data)
     try:
         msgs = list(_EventMarshal().parse(data))
-    except Exception as exc:  # a truncated buffer must not kill the reader
+    except Exception as exc:  # a malformed buffer must not kill the reader
         log.warning("mptcp_pm: undecodable event buffer (%d bytes): %s", len(data), exc)
-        return events
+        return events, True
     for msg in msgs:
         if msg["header"].get("type", 0) < GENL_MIN_ID:
             continue
@@ -467,7 +487,12 @@ def decode_events(data: bytes) -> list[PMEvent]:
             continue
         if ev is not None:
             events.append(ev)
-    return events
+    return events, lost
+
+
+def decode_events(data: bytes) -> list[PMEvent]:
+    """decode_event_buffer's events, for readers that do not resync."""
+    return decode_event_buffer(data)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,14 +694,20 @@ class PMEvents:
         events: list[PMEvent] = []
         while ready:
             try:
-                data = self._sock.recv(self.RECV_SIZE)
+                data, _, msg_flags, _ = self._sock.recvmsg(self.RECV_SIZE)
             except BlockingIOError:
                 break
             except OSError as exc:  # ENOBUFS: the kernel dropped events; say so and go on
                 log.warning("mptcp_pm: event socket: %s", exc)
                 self.overflowed = True
                 break
-            events += decode_events(data)
+            if msg_flags & socket.MSG_TRUNC:  # the datagram was longer than RECV_SIZE
+                log.warning("mptcp_pm: undecodable event: datagram truncated to %d bytes",
+                            len(data))
+                self.overflowed = True
+            decoded, lost = decode_event_buffer(data)
+            events += decoded
+            self.overflowed |= lost
         return events
 
     def close(self) -> None:

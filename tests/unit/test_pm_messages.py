@@ -248,6 +248,43 @@ def test_truncated_or_garbage_buffers_do_not_raise(data):
         assert isinstance(ev, pm.PMEvent)
 
 
+def subscriber_reading(datagram: bytes, recv_size: int = pm.PMEvents.RECV_SIZE):
+    """A PMEvents without netlink whose socket holds `datagram`, after one read()."""
+    sub = pm.PMEvents.__new__(pm.PMEvents)
+    sub.overflowed, sub.RECV_SIZE = False, recv_size
+    sub._sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with sub, peer:
+        sub._sock.setblocking(False)
+        peer.send(datagram)
+        return sub, sub.read(timeout=1)
+
+
+def test_an_event_followed_by_a_truncated_one_is_kept_and_the_loss_resyncs(caplog):
+    good = (DATA / "cli_created.bin").read_bytes()
+    cut = (DATA / "cli_closed.bin").read_bytes()[:-3]
+    with caplog.at_level("WARNING", logger="controller.pm"):
+        sub, events = subscriber_reading(good + cut)
+    assert events == pm.decode_events(good)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"mptcp_pm: undecodable event: truncated message at byte {len(good)} of "
+        f"{len(good + cut)} (nlmsg_len {len(cut) + 3})"]
+    assert sub.overflowed
+
+
+def test_a_datagram_longer_than_the_receive_buffer_counts_as_lost_events(caplog):
+    data = b"".join((DATA / n).read_bytes() for n in ("cli_created.bin", "cli_closed.bin"))
+    with caplog.at_level("WARNING", logger="controller.pm"):
+        sub, events = subscriber_reading(data, recv_size=len(data) - 8)
+    assert [e.type for e in events] == ["created"]
+    assert "datagram truncated" in caplog.text
+    assert sub.overflowed
+
+
+def test_whole_events_are_not_a_loss():
+    sub, events = subscriber_reading((DATA / "cli_closed.bin").read_bytes())
+    assert [e.type for e in events] == ["closed"] and not sub.overflowed
+
+
 def test_reset_reason_decodes_to_the_rfc_name_or_stays_a_number():
     base = (DATA / "cli_sub_closed.bin").read_bytes()
     (ev,) = pm.decode_events(with_extra_attr(base, 16, struct.pack("I", 3)))
