@@ -3,6 +3,7 @@ Skips when not root, or fails instead with MPTCPCTL_REQUIRE_ALL=1 so CI cannot p
 skipping."""
 
 import contextlib
+import json
 import secrets
 import subprocess
 
@@ -53,18 +54,32 @@ def lab():
         assert host_links_with_suffix(suffix) == [], f"lab {suffix} left host interfaces"
 
 
-def assert_datapath_gone(lab) -> None:
-    """No XDP program, clsact qdisc or pin of ours left on the lab client."""
+def datapath_leftovers(lab) -> list[str]:
+    """What of our datapath is on the lab client: its pins, XDP programs, clsact qdiscs and
+    tc filters on the lab interfaces (the lab itself adds none of these)."""
     from controller import datapath
 
-    assert not datapath.pin_dir(lab.client).exists()
+    def ns_json(argv):
+        return json.loads(labmod.ns_exec(lab.client, argv, capture_output=True, text=True,
+                                         check=True).stdout or "[]")
+
+    pins = datapath.pin_dir(lab.client)
+    left = [f"pins in {pins}"] if pins.exists() else []
     for p in lab.paths.values():
-        link = labmod.ns_exec(lab.client, ["ip", "link", "show", p.client_if],
-                              capture_output=True, text=True).stdout
-        assert "xdp" not in link
-        qd = labmod.ns_exec(lab.client, ["tc", "qdisc", "show", "dev", p.client_if],
-                            capture_output=True, text=True).stdout
-        assert "clsact" not in qd
+        dev = p.client_if
+        if any("xdp" in link for link in ns_json(["ip", "-j", "link", "show", "dev", dev])):
+            left.append(f"XDP on {dev}")
+        if any(q["kind"] == "clsact" for q in ns_json(["tc", "-j", "qdisc", "show", "dev", dev])):
+            left.append(f"clsact on {dev}")
+        for hook in ("ingress", "egress"):
+            if ns_json(["tc", "-j", "filter", "show", "dev", dev, hook]):
+                left.append(f"tc {hook} filter on {dev}")
+    return left
+
+
+def assert_datapath_gone(lab) -> None:
+    """No XDP program, clsact qdisc, tc filter or pin of ours left on the lab client."""
+    assert datapath_leftovers(lab) == []
 
 
 def add_server_address(lab, addr: str = "10.81.9.3") -> str:

@@ -20,7 +20,7 @@ from controller import daemon, datapath, diag, transfer
 from controller import lab as labmod
 from controller.netns import entered as netns_entered
 
-from .conftest import add_server_address, assert_datapath_gone
+from .conftest import add_server_address, assert_datapath_gone, datapath_leftovers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -352,6 +352,50 @@ def test_down_after_a_crash_and_a_deleted_namespace_removes_what_is_left(tmp_pat
     from controller import sockops
 
     assert prog not in sockops.attached_ids()
+
+
+# The sysctls that select the path manager (`up` sets the one this kernel has; on kernels
+# >= 6.15 path_manager and pm_type follow each other).
+PM_SYSCTLS = ("net.mptcp.path_manager", "net.mptcp.pm_type")
+
+
+def pm_settings(ns) -> dict:
+    """What `up` changes in `ns` and `down` puts back: the path-manager sysctls (None where
+    this kernel has none) and the MPTCP limits."""
+    values = {}
+    for name in PM_SYSCTLS:
+        cp = labmod.ns_exec(ns, ["sysctl", "-n", name], capture_output=True, text=True)
+        values[name] = cp.stdout.strip() if cp.returncode == 0 else None
+    values["limits"] = labmod.ns_exec(ns, ["ip", "mptcp", "limits"], capture_output=True,
+                                      text=True, check=True).stdout
+    return values
+
+
+def test_down_after_a_crash_restores_the_namespace_as_it_was_before_up(bare_lab):
+    from controller import sockops
+
+    lab = bare_lab
+    before = pm_settings(lab.client)
+    cli("up", "--netns", lab.client)
+    prog = json.loads(daemon.saved_path(lab.client).read_text())["sockops_prog_id"]
+    os.kill(daemon.running_pid(lab.client), signal.SIGKILL)
+    poll("the daemon gone", lambda: daemon.running_pid(lab.client) is None)
+    # What the crash left: every change `up` made is still in place.
+    crashed = pm_settings(lab.client)
+    assert crashed["net.mptcp.pm_type"] == "1"  # userspace
+    assert crashed["net.mptcp.path_manager"] in (None, "userspace")
+    assert crashed["limits"] != before["limits"]
+    left = datapath_leftovers(lab)
+    assert datapath.pin_dir(lab.client).exists()
+    assert {f"{what} on {p.client_if}" for p in lab.paths.values()
+            for what in ("XDP", "clsact", "tc egress filter")} <= set(left), left
+    assert prog in sockops.attached_ids()
+    cp = cli("down", "--netns", lab.client)
+    assert cp.returncode == 0 and "cleaned up" in cp.stdout
+    assert pm_settings(lab.client) == before
+    assert_datapath_gone(lab)
+    assert prog not in sockops.attached_ids()
+    assert not daemon.run_dir(lab.client).exists()
 
 
 def test_dss_checksums_are_verified_on_every_subflow_of_a_connection_joins_included(bare_lab):
