@@ -35,6 +35,8 @@ BPF_ARRAY(cc_zero, struct cc_conn, 1);
 #define CC_REPUSH (1u << 31)
 
 #define SOL_TCP_ 6
+#define SOL_SOCKET_ 1
+#define SO_SNDBUF_ 7
 #define AF_INET_ 2
 #define AF_INET6_ 10
 
@@ -108,6 +110,36 @@ static __always_inline __u32 take_slot(struct cc_conn *c, __u32 id, __u32 hint)
 		sl->id = id;
 	}
 	return free;
+}
+
+/* A coupled connection's send buffer is the sum of its subflows' (the kernel's
+ * __mptcp_sync_sndbuf), and each subflow's is autotuned from its own window. Coupling makes a
+ * congested path's window small, so its buffer shrinks, while a loss there holds up the data
+ * level for a recovery (an RTO at a window of 2): the other paths then stall on a full buffer.
+ * Each subflow of a connection with several is given at least its share of what the
+ * connection needs (cc_conn_sndbuf); raised only, and only when below it, since SO_SNDBUF stops
+ * that subflow's own autotuning (the kernel caps the value at net.core.wmem_max). */
+static __always_inline void grow_sndbuf(struct bpf_sock_ops *skops, struct cc_sf *sf,
+					const struct cc_conn *c, __u32 n, __u32 mss)
+{
+	if (n < 2 || !mss)
+		return;
+	__u64 want = cc_conn_sndbuf(c, mss) / n;
+	if (want > (4u << 20))
+		want = 4u << 20;
+	if (want <= sf->sndbuf + sf->sndbuf / 4)
+		return; /* within a quarter of what it has: not worth a call per ACK */
+	int cur = 0;
+	if (bpf_getsockopt(skops, SOL_SOCKET_, SO_SNDBUF_, &cur, sizeof(cur)) != 0)
+		return;
+	if (cur < 0)
+		cur = 0;
+	if ((__u64)cur < want) {
+		int half = want / 2; /* the kernel doubles it for its bookkeeping */
+		if (bpf_setsockopt(skops, SOL_SOCKET_, SO_SNDBUF_, &half, sizeof(half)) == 0)
+			bpf_getsockopt(skops, SOL_SOCKET_, SO_SNDBUF_, &cur, sizeof(cur));
+	}
+	sf->sndbuf = cur > 0 ? cur : 0;
 }
 
 /* One ACK of the coupled algorithm: returns the window (packets) the subflow may have now, or 0
@@ -209,6 +241,13 @@ static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flo
 	sf->w = w;
 	me->w = w;
 	me->rtt_us = skops->srtt_us >> 3;
+	if (sf->coupled) {
+		__u32 n = 0;
+#pragma unroll
+		for (int j = 0; j < CC_SLOTS; j++)
+			n += cc_nz(c->sl[j].id);
+		grow_sndbuf(skops, sf, c, n, mss);
+	}
 	return sf->coupled ? (w >> W_SHIFT) | repush : 0;
 }
 

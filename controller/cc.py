@@ -287,6 +287,24 @@ def reno_decrease(i: int, subflows: list[SubflowState]) -> float:
     return _window(subflows[i].cwnd) / 2
 
 
+RTO_MIN_US = 200_000.0  # the kernel's minimum retransmission timeout
+
+
+def send_buffer(subflows: list[SubflowState]) -> float:
+    """Bytes of send buffer (the kernel's sk_sndbuf, which counts ~2x the payload) a coupled
+    connection needs across its subflows: twice what all of them carry in T = max(RTO_MIN,
+    largest RTT), so that the data level rides out one subflow's recovery, a timeout included,
+    while the others keep sending. Raiciu et al. (NSDI 2012) size it at 2 * sum_i(rate_i) *
+    rtt_max when no timeout is involved; coupling makes timeouts the common case on a
+    congested path, whose window it keeps at a few packets. Subflows without an RTT yet carry
+    nothing; whole packets only (what the datapath sees)."""
+    live = [s for s in subflows if _valid_rtt(s.srtt_us)]
+    if not live:
+        return 0.0
+    t = max([RTO_MIN_US] + [s.srtt_us for s in live])
+    return sum(int(max(s.cwnd, 0.0)) * 2 * t / s.srtt_us for s in live) * live[0].mss * 2
+
+
 # --- One controller tick -------------------------------------------------------------------------
 
 _INCREASE = {"lia": lia_increase, "olia": olia_increase, "balia": balia_increase}

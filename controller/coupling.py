@@ -34,7 +34,7 @@ class CcSf(C.Structure):
     _fields_ = [("conn", C.c_uint64), ("bytes_acked", C.c_uint64), ("w", C.c_uint32),
                 ("pushed", C.c_uint32), ("last_ssthresh", C.c_uint32), ("slot", C.c_uint32),
                 ("coupled", C.c_uint32), ("losses", C.c_uint32), ("merged", C.c_uint32),
-                ("pad", C.c_uint32)]
+                ("sndbuf", C.c_uint32)]
 
 
 class CcSlot(C.Structure):
@@ -58,7 +58,8 @@ W_SHIFT = 10
 # The mirror of bpf/include/coupled.h, checked against it by tests/unit/test_abi.py.
 STRUCTS = {"cc_slot": CcSlot, "cc_conn": CcConn, "cc_params": CcParams, "cc_sf": CcSf}
 CONSTANTS = {**{f"CC_{k.upper()}": v for k, v in ALGO_CODES.items()}, "CC_SLOTS": CC_SLOTS,
-             "W_SHIFT": W_SHIFT, "INC_SHIFT": 20, "RHO_SHIFT": 16, "CC_MIN_CLAMP": cc.MIN_CLAMP}
+             "W_SHIFT": W_SHIFT, "INC_SHIFT": 20, "RHO_SHIFT": 16, "CC_MIN_CLAMP": cc.MIN_CLAMP,
+             "CC_RTO_MIN_US": int(cc.RTO_MIN_US)}
 
 
 class Coupler:
@@ -97,5 +98,7 @@ class Coupler:
                         "coupled_window": round(sf.w / (1 << W_SHIFT), 2) if sf else None,
                         "losses": sf.losses if sf else 0,
                         # losses that were one congestion event with a sibling's: no cut
-                        "merged_losses": sf.merged if sf else 0}
+                        "merged_losses": sf.merged if sf else 0,
+                        # the send buffer the program raised it to (None: autotuned)
+                        "sndbuf": sf.sndbuf or None if sf else None}
         return out

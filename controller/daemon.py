@@ -740,6 +740,7 @@ class Daemon:
                     "coupled_window": cv.get("coupled_window"),
                     "losses": cv.get("losses"),
                     "merged_losses": cv.get("merged_losses"),
+                    "sndbuf": cv.get("sndbuf"),
                     "bytes_sent": getattr(k, "bytes_sent", None),
                     "bytes_received": getattr(k, "bytes_received", None),
                 })

@@ -63,7 +63,7 @@ struct cc_sf {
 	__u32 coupled; /* 1 once the first loss ended slow start */
 	__u32 losses;  /* loss episodes seen (for status and tests) */
 	__u32 merged;  /* of those, part of a sibling's congestion event: no second cut */
-	__u32 pad;
+	__u32 sndbuf;  /* send buffer (sk_sndbuf bytes) this program last gave it; 0 none */
 };
 
 /* What every algorithm needs from the connection's live slots, i = the subflow itself. */
@@ -149,6 +149,30 @@ static __always_inline void cc_sum(const struct cc_conn *c, __u32 self, struct c
 	s->y_i = y_i;
 	s->n = n;
 	s->pad = 0;
+}
+
+/* The send buffer (sk_sndbuf bytes) the connection needs across its subflows: what all of them
+ * carry in twice the longer of the largest RTT and the kernel's minimum RTO (200 ms), so that
+ * the data level rides out a slow path's recovery, a timeout included, without stalling the
+ * others (Raiciu et al., NSDI 2012, size the buffer at 2 * sum_i(rate_i) * rtt_max when no
+ * timeout is involved); twice again for the kernel's per-packet overhead (truesize ~ 2 * mss).
+ * Windows in packets, mss in bytes. */
+#define CC_RTO_MIN_US 200000
+static __always_inline __u64 cc_conn_sndbuf(const struct cc_conn *c, __u32 mss)
+{
+	__u64 rmax = CC_RTO_MIN_US, pkts = 0;
+#pragma unroll
+	for (int j = 0; j < CC_SLOTS; j++) {
+		__u64 r = c->sl[j].rtt_us;
+		rmax = cc_sel(cc_nz(c->sl[j].id) & cc_lt(rmax, r), r, rmax);
+	}
+#pragma unroll
+	for (int j = 0; j < CC_SLOTS; j++) {
+		__u64 r = c->sl[j].rtt_us;
+		__u64 w = (__u64)(c->sl[j].w >> W_SHIFT) * cc_nz(c->sl[j].id) * cc_nz(r);
+		pkts += (w * 2 * rmax) / (r | cc_eq(r, 0));
+	}
+	return pkts * mss * 2;
 }
 
 /* Reno's per-ACK increase 1/w in 1/2^20 packet (w in 1/1024 packet). */

@@ -12,6 +12,9 @@ struct cc_io {
 	__u32 self;          /* the subflow's slot (in) */
 	__u32 grown;         /* cc_grow(): its window after the ACKs (out) */
 	__u32 balia_cut;     /* cc_balia_decrease() of its window (out) */
+	__u64 sndbuf;        /* cc_conn_sndbuf() at `mss` (out) */
+	__u32 mss;           /* (in) */
+	__u32 pad;
 };
 
 BPF_ARRAY(io, struct cc_io, 1);
@@ -28,5 +31,6 @@ int cc_harness(struct xdp_md *ctx)
 	struct cc_sums s;
 	cc_sum(&p->conn, self, &s);
 	p->balia_cut = cc_balia_decrease(&s, w);
+	p->sndbuf = cc_conn_sndbuf(&p->conn, p->mss);
 	return XDP_PASS;
 }

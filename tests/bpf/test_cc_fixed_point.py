@@ -24,7 +24,8 @@ class Io(C.Structure):
     """struct cc_io (cc_harness.c)."""
 
     _fields_ = [("conn", coupling.CcConn), ("acked_fp", C.c_uint64), ("algo", C.c_uint32),
-                ("self", C.c_uint32), ("grown", C.c_uint32), ("balia_cut", C.c_uint32)]
+                ("self", C.c_uint32), ("grown", C.c_uint32), ("balia_cut", C.c_uint32),
+                ("sndbuf", C.c_uint64), ("mss", C.c_uint32), ("pad", C.c_uint32)]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,8 @@ def harness(root_bpf):
     fn = b.load_func(b"cc_harness", BPF.XDP)
     io = PinnedMap(b[b"io"].map_fd, C.c_uint32, Io)
 
-    def run(algo, subs, i, acked=1.0):
-        x = Io(algo=ALGOS.get(algo, 0), self=i, acked_fp=int(acked * W_ONE))
+    def run(algo, subs, i, acked=1.0, sndbuf=False):
+        x = Io(algo=ALGOS.get(algo, 0), self=i, acked_fp=int(acked * W_ONE), mss=1448)
         for j, s in enumerate(subs):
             x.conn.sl[j] = Slot(id=j + 1, w=int(s.cwnd * W_ONE), rtt_us=int(s.srtt_us),
                            l1=int(s.olia_l1_bytes), l2=int(s.olia_l2_bytes))
@@ -46,6 +47,8 @@ def harness(root_bpf):
         rc, _ns, _ = libbpf.test_run(fn.fd, bytes(64))
         assert rc == XDP_PASS
         out = io.lookup(C.c_uint32(0))
+        if sndbuf:
+            return out.sndbuf
         return out.grown / W_ONE, out.balia_cut / W_ONE
 
     yield run
@@ -121,3 +124,20 @@ def test_coupled_never_grows_faster_than_reno(harness):
         for i in range(len(subs)):
             got, _ = harness(algo, subs, i, acked=1.0)
             assert got - subs[i].cwnd <= 1.0 / subs[i].cwnd + 1.0 / W_ONE
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_send_buffer_matches_the_equation(harness, case):
+    subs = CASES[case]
+    got = harness("lia", subs, 0, sndbuf=True)
+    # integer division per subflow in BPF: under a byte per packet of each
+    assert got == pytest.approx(cc.send_buffer(subs), abs=2 * 1448 * len(subs))
+
+
+def test_send_buffer_covers_a_timeout_on_short_paths_and_the_rtt_on_long_ones(harness):
+    # 20 packets per 10 ms carry 400 in the minimum RTO: twice that, and twice the bytes for
+    # the kernel's overhead
+    assert harness("lia", subflows((20, 10), (2, 10)), 0, sndbuf=True) == (800 + 80) * 1448 * 2
+    # the largest RTT (300 ms) beyond the minimum RTO sets the time
+    assert harness("lia", subflows((10, 300), (10, 100)), 0, sndbuf=True) == (20 + 60) * 1448 * 2
+    assert harness("lia", subflows((0, 0)), 0, sndbuf=True) == 0

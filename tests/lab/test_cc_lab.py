@@ -1,8 +1,10 @@
 """Coupled congestion control on a real two-path transfer: with `--cc lia` every subflow's
-window stays within the clamp mptcpctl set; after `down` the clamps are gone (the window grows
-past them again) and the sockops program is detached from the cgroup."""
+window stays within the clamp mptcpctl set and it has the send buffer it was given; after `down`
+the clamps are gone (the window grows past them again) and the sockops program is detached
+from the cgroup."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -44,6 +46,21 @@ def clamps(lab) -> dict:
             for s in c["subflows"] if s.get("clamp")}
 
 
+def sndbufs(lab) -> tuple[dict, dict]:
+    """(local, lport) -> the send buffer status says the program gave the subflow, and
+    (local, lport) -> the subflow's sk_sndbuf as `ss -tm` reports it (skmem tb)."""
+    st = json.loads(cli("status", "--netns", lab.client, "--json"))
+    given = {(s["local"], s["lport"]): s["sndbuf"] for c in st["connections"]
+             for s in c["subflows"] if s.get("sndbuf")}
+    cp = labmod.ns_exec(lab.client, ["ss", "-tnmH", "state", "established"],
+                        capture_output=True, text=True, check=True)
+    kernel = {}
+    for m in re.finditer(r"\s(\d[\d.]*)(?:%\S+)?:(\d+)\s+\S+\s+skmem:\([^)]*?\btb(\d+)",
+                         cp.stdout):
+        kernel[(m.group(1), int(m.group(2)))] = int(m.group(3))
+    return given, kernel
+
+
 def test_lia_keeps_each_subflow_within_its_clamp_and_down_lifts_it(lab):
     for ns in (lab.client, lab.server):
         labmod.ns_exec(ns, ["sysctl", "-qw", "net.ipv4.tcp_congestion_control=reno"],
@@ -75,6 +92,13 @@ def test_lia_keeps_each_subflow_within_its_clamp_and_down_lifts_it(lab):
                     violations += cwnd > limit
         assert samples >= 10, f"only {samples} samples of clamped subflows"
         assert violations <= samples // 10, (violations, samples)
+        # Each coupled subflow got a send buffer sized for the connection, and the kernel
+        # holds it: a congested path's small window must not stall the others at the data
+        # level (the resource-pooling case of `make bench cc`).
+        given, kernel = poll("send buffers on two subflows",
+                             lambda: (r := sndbufs(lab)) and len(r[0]) == 2 and r)
+        for key, size in given.items():
+            assert kernel.get(key, 0) >= size, (key, size, kernel)
         last = clamps(lab)
         assert job.is_alive(), "the transfer ended before `down`: nothing left to check"
         cli("down", "--netns", lab.client)
