@@ -238,10 +238,12 @@ static __always_inline __u32 couple(struct bpf_sock_ops *skops, const struct flo
 	me->l2 += acked;
 	if (w < (min_clamp << W_SHIFT))
 		w = min_clamp << W_SHIFT;
+	__u32 moved = (w >> W_SHIFT) != (sf->w >> W_SHIFT);
 	sf->w = w;
 	me->w = w;
 	me->rtt_us = skops->srtt_us >> 3;
-	if (sf->coupled) {
+	/* The need follows the windows: look again when this one moved by a packet. */
+	if (sf->coupled && moved) {
 		__u32 n = 0;
 #pragma unroll
 		for (int j = 0; j < CC_SLOTS; j++)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import MissingFeature, MptcpctlError
 from .netns import entered
 
-SS_ARGS = ["-MtinH"]   # MPTCP and TCP sockets, numeric, with internal info, no header
+SS_ARGS = ["-MtinmH"]  # MPTCP and TCP sockets, numeric, internal info, memory, no header
 SS_TIMEOUT = 10        # seconds
 
 # tcp-ulp-mptcp subflow flag letters printed by ss (iproute2 ss.c, from MPTCP_SUBFLOW_FLAG_*):
@@ -67,6 +67,7 @@ class TcpSubflow:
     bytes_acked: int = 0
     retrans: int = 0                  # total retransmitted segments
     delivery_rate: int | None = None  # bits per second
+    sndbuf: int | None = None         # sk_sndbuf bytes (skmem tb)
 
 
 def split_endpoint(text: str) -> tuple[str, str | None, int]:
@@ -145,6 +146,9 @@ def parse_subflow(state: str, local: str, remote: str, info: list[str]) -> TcpSu
         sub.retrans = int(f["retrans"].split("/")[-1])
     if "delivery_rate" in f:
         sub.delivery_rate = parse_rate(f["delivery_rate"])
+    m = re.search(r"\btb(\d+)", f.get("skmem", ""))  # skmem:(r0,rb..,t0,tb..,...)
+    if m:
+        sub.sndbuf = int(m.group(1))
     return sub
 
 

@@ -4,7 +4,6 @@ the clamps are gone (the window grows past them again) and the sockops program i
 from the cgroup."""
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -48,16 +47,12 @@ def clamps(lab) -> dict:
 
 def sndbufs(lab) -> tuple[dict, dict]:
     """(local, lport) -> the send buffer status says the program gave the subflow, and
-    (local, lport) -> the subflow's sk_sndbuf as `ss -tm` reports it (skmem tb)."""
+    (local, lport) -> the subflow's sk_sndbuf as `ss -tm` reports it."""
     st = json.loads(cli("status", "--netns", lab.client, "--json"))
     given = {(s["local"], s["lport"]): s["sndbuf"] for c in st["connections"]
              for s in c["subflows"] if s.get("sndbuf")}
-    cp = labmod.ns_exec(lab.client, ["ss", "-tnmH", "state", "established"],
-                        capture_output=True, text=True, check=True)
-    kernel = {}
-    for m in re.finditer(r"\s(\d[\d.]*)(?:%\S+)?:(\d+)\s+\S+\s+skmem:\([^)]*?\btb(\d+)",
-                         cp.stdout):
-        kernel[(m.group(1), int(m.group(2)))] = int(m.group(3))
+    kernel = {(s.local, s.lport): s.sndbuf for s in diag.subflows(lab.client)
+              if s.sndbuf is not None}
     return given, kernel
 
 

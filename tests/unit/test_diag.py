@@ -25,6 +25,7 @@ CLIENT = "\n".join([
     ),
     "tcp ESTAB 0 0 10.83.2.1%zzc2:33539 10.83.1.2:5201",
     "\t " + lines(
+        "skmem:(r0,rb131072,t0,tb336384,f1688,w125288,o0,bl0,d0)",
         "bbr wscale:10,10 rto:204 rtt:0.01/0.008 mss:1448 pmtu:1500 rcvmss:536",
         "advmss:1448 cwnd:42 bytes_sent:40000 bytes_acked:40001 segs_out:34 segs_in:7",
         "data_segs_out:32",
@@ -139,6 +140,7 @@ def test_client_subflows_carry_the_connection_token_and_ids():
     assert (join.remote_token, join.rem_id, join.flags) == (0x6E3A4AE3, 0, "Jjec")
     assert (join.rtt_ms, join.cwnd, join.bytes_sent, join.bytes_acked) == (0.01, 42, 40000, 40001)
     assert join.delivery_rate == 46336000000
+    assert (join.sndbuf, initial.sndbuf) == (336384, None)
     assert not join.backup and not join.peer_backup and join.retrans == 0
 
 
