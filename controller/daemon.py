@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import abi, control, datapath, health, netns, policy, sysctl
+from . import abi, control, datapath, dpevents, health, netns, policy, sysctl
 from .config import DaemonConfig
 from .errors import BadInput, MissingFeature, MptcpctlError
 from .model import (
@@ -114,6 +114,8 @@ class Daemon:
         self.handover_from: dict[int, float] = {}          # token -> when it lost its last path
         self.saved: sysctl.SavedSysctls | None = None
         self.attachment: datapath.Attachment | None = None
+        self.dp_events = None        # controller.dpevents.DatapathEvents with the datapath
+        self.dp_log = dpevents.EventLog(time.monotonic)
         # (FlowKey, local token) the datapath is yet to learn: written once per loop turn.
         self.pending_tokens: list = []
         self.dssfix = None           # controller.dssfix.DssFix with cfg.fix_dss_checksum
@@ -156,6 +158,7 @@ class Daemon:
             self._check_ifaces()
             if self.cfg.datapath:
                 self.attachment = datapath.Attachment(self.ns)
+                self.dp_events = dpevents.DatapathEvents(self.attachment.prog.map_fd("events"))
             if self.cfg.fix_dss_checksum:
                 from .dssfix import DssFix
 
@@ -178,6 +181,8 @@ class Daemon:
             self.sel.register(self.pm_events, selectors.EVENT_READ, self._on_pm_readable)
             self.sel.register(self.netmon, selectors.EVENT_READ, self._on_net_readable)
             self.sel.register(self.ctl, selectors.EVENT_READ, self._on_control)
+            if self.dp_events is not None:
+                self.sel.register(self.dp_events, selectors.EVENT_READ, self._on_dp_events)
             self._refresh_net()
             self._adopt()
             self._note("started", f"pm={self.cfg.pm} policy={self.cfg.policy}")
@@ -229,13 +234,13 @@ class Daemon:
 
     def stop(self) -> None:
         """Restore everything; safe to call on a half-started daemon, and twice."""
-        for obj in (self.ctl, self.pm_events, self.netmon):
+        for obj in (self.ctl, self.pm_events, self.netmon, self.dp_events):
             if obj is not None:
                 with contextlib.suppress(Exception):
                     self.sel.unregister(obj)
                 with contextlib.suppress(Exception):
                     obj.close()
-        self.ctl = self.pm_events = self.netmon = None
+        self.ctl = self.pm_events = self.netmon = self.dp_events = None
         if self.metrics is not None:
             with contextlib.suppress(Exception):
                 self.metrics.close()
@@ -316,6 +321,30 @@ class Daemon:
                 # A network change is a new chance for subflows that gave up.
                 self.retries.clear()
         self._refresh_net()
+
+    def _on_dp_events(self) -> None:
+        """What the datapath saw on the wire that people should hear of (dpevents.describe),
+        once per subflow and kind; a DSS checksum mismatch is a health finding at once."""
+        for ev in self.dp_events.read():
+            iface = dpevents.ifname(ev.ifindex)
+            said = dpevents.describe(ev, iface)
+            if said is None:
+                continue
+            kind, detail = said
+            flow = dpevents.flow_of(ev)
+            if not self.dp_log.admit(kind, flow):
+                continue
+            token = self._token_at(flow)
+            self._note(kind, detail if token is None else f"token={token:08x} {detail}")
+            if ev.type == abi.EventType.EV_DSS_CSUM_BAD and self.health is not None:
+                for finding in self.health.payload_modified(flow, iface, 1):
+                    self._note("health", finding.detail)
+
+    def _token_at(self, flow) -> int | None:
+        for conn in self.conns.values():
+            if self._find_subflow(conn, *flow) is not None:
+                return conn.token
+        return None
 
     def _refresh_net(self) -> None:
         self.net.update(self.netmon.snapshot())

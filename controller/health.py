@@ -230,6 +230,15 @@ class HealthMonitor:
             pinned.close()
         return out
 
+    def payload_modified(self, flow: tuple[str, int, str, int], iface: str,
+                         bad: int) -> list[Finding]:
+        """The datapath's EV_DSS_CSUM_BAD event, at once (the counter check above finds the
+        same subflow a tick later when the ring lost the event): the new finding, if any."""
+        new = self._once((PAYLOAD_MODIFIED, flow), PAYLOAD_MODIFIED,
+                         payload_modified_detail(flow, iface, bad))
+        self.findings.extend(new)
+        return new
+
     def _check_add_addr(self, daemon) -> list[Finding]:
         try:
             with open(self.netstat) as f:

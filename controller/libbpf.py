@@ -64,6 +64,7 @@ def lib():
         _lib.ring_buffer__poll.argtypes = [C.c_void_p, C.c_int]
         _lib.ring_buffer__consume.argtypes = [C.c_void_p]
         _lib.ring_buffer__free.argtypes = [C.c_void_p]
+        _lib.ring_buffer__epoll_fd.argtypes = [C.c_void_p]
     return _lib
 
 
@@ -262,6 +263,12 @@ class RingBuffer:
         if self._rb is None:
             raise DatapathError("no ring buffer is open")
         return lib().ring_buffer__consume(self._rb)
+
+    def epoll_fd(self) -> int:
+        """An fd that polls readable when a record is there (for selectors)."""
+        if self._rb is None:
+            raise DatapathError("no ring buffer is open")
+        return lib().ring_buffer__epoll_fd(self._rb)
 
     def close(self) -> None:
         if self._rb is not None:

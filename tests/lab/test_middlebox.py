@@ -164,5 +164,17 @@ def test_modified_payload_is_caught_by_the_dss_checksum_and_reported(bare_lab):
         assert "payload modified on path" in found[0]["detail"]
         assert lab.server_if in found[0]["detail"]
         assert_noted(lab, found[0], lab.server)
+        # The datapath's event said it first, with the mapping, and the kernel's answer
+        # went out on the same subflow.
+        events = json.loads(cli("status", "--netns", lab.server, "--json").stdout)["events"]
+        logged = {e["event"]: e["detail"] for e in events}
+        subflow = found[0]["detail"].split(" on ")[-1]
+        client, server = subflow.split(" -> ")
+        assert f"DSS checksum mismatch on {server} -> {client} ({lab.server_if})" \
+            in logged["dss_csum_bad"]
+        assert f"MP_FAIL sent on {server} -> {client}" in logged["mp_fail"], logged
+        # Linux resets the subflow that carried it, saying why.
+        assert f"MP_TCPRST sent on {server} -> {client}" in logged["tcprst"]
+        assert "reason 6 (middlebox interference)" in logged["tcprst"]
     finally:
         cli("down", "--netns", lab.server, check=False)
