@@ -310,10 +310,50 @@ def test_pm_kernel_keeps_the_in_kernel_manager_and_its_endpoints(lab):
         cli("down", "--netns", lab.client, check=False)
 
 
-def test_metrics_are_scraped_from_the_daemon(bare_lab):
-    """`--metrics` serves Prometheus text in the daemon's namespace, fed by its status."""
+def daemon_listeners(ns) -> list[str]:
+    """Local address:port of every TCP or UDP socket the namespace's daemon listens on."""
+    pid = daemon.running_pid(ns)
+    assert pid
+    out = labmod.ns_exec(ns, ["ss", "-ltunpH"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split()[4] for line in out.splitlines() if f"pid={pid}," in line]
+
+
+def test_top_shows_each_subflow_on_its_path_with_the_daemon_mode(bare_lab):
+    """`mptcpctl top` during a transfer: one row per live subflow, on both paths, with the
+    path manager and algorithm in force and the daemon's events."""
     lab = bare_lab
-    cli("up", "--netns", lab.client, "--metrics", "127.0.0.1:9464")
+    cli("up", "--netns", lab.client)
+    job = Background(lab, 8_000_000, rate="8mbit")
+    poll("two subflows", lambda: len(client_subflows(lab)) == 2)
+    cp = subprocess.run([sys.executable, "-m", "cli.main", "top", "--netns", lab.client,
+                         "--duration", "1.5", "--interval", "0.5"], capture_output=True,
+                        text=True, cwd=ROOT, timeout=30, env={**os.environ, "COLUMNS": "250"},
+                        stdin=subprocess.DEVNULL)
+    job.result()
+    assert cp.returncode == 0, cp.stderr
+    head = cp.stdout.splitlines()[0]
+    assert f"netns {lab.client}" in head and "pm userspace" in head and "cc lia" in head
+    assert "2 subflows" in head, head
+    for p in lab.paths.values():
+        assert f"{p.client_addr}:" in cp.stdout and p.client_if in cp.stdout, cp.stdout
+    assert "subflow_create" in cp.stdout
+
+
+def test_the_daemon_listens_on_no_port_unless_asked(bare_lab):
+    """Security: no TCP (or UDP) listener exists unless the user enables metrics."""
+    lab = bare_lab
+    cli("up", "--netns", lab.client)
+    Background(lab, 2_000_000).result()
+    assert daemon_listeners(lab.client) == []
+
+
+def test_metrics_are_scraped_from_the_daemon(bare_lab):
+    """`--metrics` serves Prometheus text in the daemon's namespace, fed by its status; a
+    port alone binds 127.0.0.1."""
+    lab = bare_lab
+    cli("up", "--netns", lab.client, "--metrics", "9464")
+    assert daemon_listeners(lab.client) == ["127.0.0.1:9464"]
     job = Background(lab, 6_000_000, rate="8mbit")
     scrape = ("import urllib.request; print(urllib.request.urlopen("
               "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())")

@@ -64,6 +64,7 @@ def test_mptcp_stripped_after_the_handshake_falls_back_and_is_reported(bare_lab)
         f for f in health(lab) if f["kind"] == "no_mptcp"])
     assert len(found) == 1
     assert "MPTCP options vanished from later segments" in found[0]["detail"]
+    assert_noted(lab, found[0])
 
 
 def test_rewritten_sequence_numbers_leave_mptcp_alone(bare_lab):
@@ -137,6 +138,7 @@ def test_nat_on_one_path_works_and_an_unreachable_announced_address_is_given_up(
                for s in sent["subflows"]), sent["subflows"]
     assert len(found) == 1 and f"address {private} announced by the peer is unreachable" \
         in found[0]["detail"]
+    assert_noted(lab, found[0])
     # Given up: at most retry_attempts tries from each local address, and no more since.
     assert 0 < len(creates) <= 3 * len(lab.paths)
     assert len([e for e in status(lab)["events"] if e["event"] == "subflow_create"
