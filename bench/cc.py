@@ -471,7 +471,9 @@ def plot(results: dict) -> None:
     ax.plot(ns, [n / (n + 1) for n in ns], color="grey", ls="--", lw=1,
             label="N/(N+1): N independent Renos")
     for algo, runs in results["shared"].items():
-        pts = [(n, runs[str(n)]["share"]) for n in ns if "error" not in runs[str(n)]]
+        # Shares kept from an earlier --part shared run may cover other N than this run's.
+        pts = [(n, runs[str(n)]["share"]) for n in ns
+               if "error" not in runs.get(str(n), {"error": "not run"})]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=algo)
     ax.set_xlabel("MPTCP subflows N (one path each)")
