@@ -230,7 +230,7 @@ static __always_inline int parse_vip_segment(void *data, void *data_end,
 	p->word0 = ip->tos;
 #else
 	struct ipv6hdr *ip6 = l3;
-	if (proto != bpf_htons(ETH_P_IPV6_) || (void *)(ip6 + 1) > data_end)
+	if (proto != bpf_htons(ETH_P_IPV6_) || (void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return 0;
 	const __u64 *v = (const __u64 *)cfg->vip;
 	const __u64 *a = (const __u64 *)&ip6->daddr;

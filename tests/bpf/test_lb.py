@@ -495,6 +495,22 @@ def test_ipv6_lb_passes_ipv4_and_other_traffic(lb6):
         assert (verdict, out) == (XDP_PASS, data)
 
 
+def test_ipv6_lb_passes_a_frame_whose_ip_version_is_not_6_and_remembers_no_flow(lb6):
+    # Found by bench/fuzz_lb.py: the IPv6 build checked the EtherType but not the version
+    # nibble (the IPv4 build checks it), so such frames were encapsulated to a backend and
+    # each took a connection-table entry.
+    good = frame6([mp_capable()], flags="S", sport=40123)
+    for version in (0, 4, 5, 7, 15):
+        data = bytearray(good)
+        data[14] = version << 4 | data[14] & 0x0F
+        verdict, out = run(lb6, bytes(data))
+        assert (verdict, out) == (XDP_PASS, bytes(data)), version
+    assert lb6.prog.conn_count() == 0
+    assert counters(lb6)["vip"] == 0
+    verdict, _ = run(lb6, good)
+    assert verdict == XDP_TX
+
+
 def test_ipv6_decapsulator_restores_the_clients_packet(lb6):
     _assert_decap_restores(lb6, frame6([mp_capable(skey=CLIENT_KEY, rkey=SERVER_KEY)],
                                        payload=b"hello"))
