@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCHES := datapath dsscsum handover cc lb load
 OPT := /opt/mptcpctl
 
-.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench fuzz clean install uninstall $(BENCHES)
+.PHONY: help deps deps-system demo test test-unit test-bpf test-lab lint bench fuzz fuzz-corpus clean install uninstall $(BENCHES)
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -83,6 +83,9 @@ FUZZ_PACKETS ?= 1000000
 FUZZ_SEED ?= 1
 fuzz: deps ## fuzz XDP+tc with mutated and random packets via test-run (1M packets, ~35 s)
 	@$(PY) -m bench.fuzz --packets $(FUZZ_PACKETS) --seed $(FUZZ_SEED)
+
+fuzz-corpus: deps ## rewrite the fuzz seed corpus tests/data/fuzz/seeds.txt from tests/fuzz_corpus.py
+	@$(PY) tests/fuzz_corpus.py
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

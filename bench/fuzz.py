@@ -1,8 +1,9 @@
-"""Fuzz the XDP and tc programs through BPF_PROG_TEST_RUN: the decoder table's options mutated
-(lengths, subtype and flag nibbles, truncation, duplicates, random bytes) in random IPv4/IPv6/
-VLAN headers, plus random frames. Checks: no test-run error, XDP_PASS/TC_ACT_OK, the malformed
-counter moves exactly as a Python model of RFC 8684 predicts, maps bounded. Run as root:
-`python -m bench.fuzz --packets 1000000 --seed 1` (`make fuzz`)."""
+"""Fuzz the XDP and tc programs through BPF_PROG_TEST_RUN: the stored seed corpus's options
+(tests/data/fuzz/seeds.txt) mutated (lengths, subtype and flag nibbles, truncation, duplicates,
+random bytes) in random IPv4/IPv6/VLAN headers, plus random frames. Checks: no test-run error,
+XDP_PASS/TC_ACT_OK, the malformed counter moves exactly as a Python model of RFC 8684
+predicts, maps bounded. Run as root: `python -m bench.fuzz --packets 1000000 --seed 1`
+(`make fuzz`)."""
 
 import argparse
 import ctypes as C
@@ -14,11 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.fuzz_seeds import Seed, corpus
 from controller import abi
 from controller.errors import BadInput, DatapathError, MissingFeature
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fuzz_corpus import Seed, corpus  # noqa: E402
 
 XDP_PASS = 2
 TC_ACT_OK = 0
