@@ -1,9 +1,9 @@
-"""Fuzz the XDP and tc programs through BPF_PROG_TEST_RUN: the stored seed corpus's options
+"""Fuzz our BPF programs through BPF_PROG_TEST_RUN: the stored seed corpus's options
 (tests/data/fuzz/seeds.txt) mutated (lengths, subtype and flag nibbles, truncation, duplicates,
-random bytes) in random IPv4/IPv6/VLAN headers, plus random frames. Checks: no test-run error,
-XDP_PASS/TC_ACT_OK, the malformed counter moves exactly as a Python model of RFC 8684
-predicts, maps bounded. Run as root: `python -m bench.fuzz --packets 1000000 --seed 1`
-(`make fuzz`)."""
+random bytes) in random IPv4/IPv6/VLAN headers, plus random frames. --program picks datapath
+(this file: XDP and tc; checks no test-run error, XDP_PASS/TC_ACT_OK, the malformed counter
+moves exactly as a Python model of RFC 8684 predicts, maps bounded) or all; --packets counts
+per program. Run as root: `python -m bench.fuzz --packets 1000000 --seed 1` (`make fuzz`)."""
 
 import argparse
 import ctypes as C
@@ -164,10 +164,15 @@ def _ipv6(rng, f: Flow, proto, payload_len, n_ext) -> bytes:
                        f.dst) + exts
 
 
-def headers(rng, f: Flow, tcp_len) -> Headers:
-    """Ethernet (+ VLAN) and IP for a TCP segment of tcp_len bytes; which parse it gets."""
-    net = rng.choice(("ipv4", "ipv4", "ipv6", "ipv6+ext", "vlan+ipv4", "vlan+ipv6", "qinq",
-                      "ipv4-later-fragment", "ipv4-udp", "ipv6-too-many-ext"))
+# The network layers headers() builds, ipv4 twice as often as the others.
+NETS = ("ipv4", "ipv4", "ipv6", "ipv6+ext", "vlan+ipv4", "vlan+ipv6", "qinq",
+        "ipv4-later-fragment", "ipv4-udp", "ipv6-too-many-ext")
+
+
+def headers(rng, f: Flow, tcp_len, nets=NETS) -> Headers:
+    """Ethernet (+ VLAN) and IP for a TCP segment of tcp_len bytes (one of `nets`, at random);
+    which parse it gets."""
+    net = rng.choice(nets)
     macs = rng.randbytes(12)
     stop = False
     if net in ("ipv4", "vlan+ipv4"):
@@ -322,23 +327,18 @@ MUTATIONS = (m_length, m_length, m_subtype, m_flags, m_truncate_option, m_duplic
 # --- samples ---------------------------------------------------------------------------------
 
 
-def structured(rng, seed: Seed) -> Sample:
-    opts = list(seed.opts)
+def mutated_options(rng, seed_opts, mutations=MUTATIONS) -> tuple[bytes, str]:
+    """A seed's options after 0-3 mutations, padded; and the mutations' names."""
+    opts = list(seed_opts)
     kinds = []
     for _ in range(rng.choice((0, 1, 1, 1, 2, 3))):
-        kinds.append(rng.choice(MUTATIONS)(rng, opts) if opts else "empty")
-    raw = pad_options(rng, b"".join(opts))
-    flags = seed.tcp_flags if rng.random() < 0.8 else rng.getrandbits(8)
-    payload = rng.randbytes(rng.choice((0, 0, 1, 100, 1400)))
-    if rng.random() < 0.01:
-        payload = bytes(4000)  # past the test-run cut (controller.datapath.TEST_RUN_MAX)
-    f = flow(rng)
-    tcp = tcp_header(rng, f, raw, flags)
-    h = headers(rng, f, len(tcp) + len(payload))
-    frame = h.l2 + h.l3 + tcp + payload
-    expect = False if h.stop else options_malformed(raw)
-    kind = "+".join(kinds) or "valid"
-    tcp_end = h.tcp_at + len(tcp)
+        kinds.append(rng.choice(mutations)(rng, opts) if opts else "empty")
+    return pad_options(rng, b"".join(opts)), "+".join(kinds) or "valid"
+
+
+def damage(rng, frame: bytes, h: Headers, tcp_end: int, expect):
+    """Now and then a built frame cut short or a header byte changed: (frame, what the
+    malformed counter must do, the damage's name for the report)."""
     r = rng.random()
     if r < 0.08:
         # The packet cut short: inside the headers, every parser that finds its header cut
@@ -349,15 +349,31 @@ def structured(rng, seed: Seed) -> Sample:
             expect = True
         elif cut < tcp_end:
             expect = None  # where the stop happens vs. the cut: not predicted
-        kind += "+truncate-packet"
-    elif r < 0.14:
+        return frame, expect, "+truncate-packet"
+    if r < 0.14:
         # Structural header fields (IP version/IHL/protocol, TCP data offset, EtherType) or
         # a random header byte: the parse changes in ways the model does not follow.
         b = bytearray(frame)
         b[rng.randrange(ETH_HLEN - 2, tcp_end)] = rng.getrandbits(8)
-        frame, expect = bytes(b), None
-        kind += "+header-byte"
-    return Sample(frame, expect, f"{h.net}:{kind}")
+        return bytes(b), None, "+header-byte"
+    return frame, expect, ""
+
+
+def structured(rng, seed: Seed, make_flow=flow, nets=NETS, mutations=MUTATIONS) -> Sample:
+    """A seed's options, mutated, in fresh random headers (flows from make_flow, network
+    layers from nets), now and then damaged."""
+    raw, kind = mutated_options(rng, seed.opts, mutations)
+    flags = seed.tcp_flags if rng.random() < 0.8 else rng.getrandbits(8)
+    payload = rng.randbytes(rng.choice((0, 0, 1, 100, 1400)))
+    if rng.random() < 0.01:
+        payload = bytes(4000)  # past the test-run cut (controller.datapath.TEST_RUN_MAX)
+    f = make_flow(rng)
+    tcp = tcp_header(rng, f, raw, flags)
+    h = headers(rng, f, len(tcp) + len(payload), nets)
+    frame = h.l2 + h.l3 + tcp + payload
+    expect = False if h.stop else options_malformed(raw)
+    frame, expect, how = damage(rng, frame, h, h.tcp_at + len(tcp), expect)
+    return Sample(frame, expect, f"{h.net}:{kind}{how}")
 
 
 def random_frame(rng) -> Sample:
@@ -383,15 +399,109 @@ def samples(seed: int, count: int):
             yield structured(rng, seeds[i % len(seeds)])
 
 
-# --- the run ---------------------------------------------------------------------------------
+# --- the run: what every program's fuzzer shares ----------------------------------------------
 
 
 @dataclass
-class Report:
+class RunReport:
+    """What one program's fuzz run saw; each program's report adds its own counts."""
+
     seed: int
     packets: int = 0
     seconds: float = 0.0
     pps: float = 0.0
+    kinds: dict = field(default_factory=dict)
+    violations: list = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return not self.violations
+
+    def mutation_line(self) -> str:
+        return "mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
+
+
+def record(rep: RunReport, what: str, s: Sample | None = None, **details):
+    """Note one invariant violation (the first 50 in full, with the frame; then only what)."""
+    if len(rep.violations) >= 50:
+        rep.violations.append({"what": what})
+        return
+    v = {"what": what, **details}
+    if s is not None:
+        v.update(kind=s.kind, frame=s.frame.hex())
+    rep.violations.append(v)
+
+
+class Target:
+    """One loaded program under fuzz: runs batches of samples and checks its maps."""
+
+    def batch_key(self, s: Sample):
+        """Samples with the same key share a batch (a counter check covers one batch)."""
+        return 0
+
+    def note(self, s: Sample, rep: RunReport):
+        """Count a sample into the report before it runs."""
+
+    def run_batch(self, batch: list, rep: RunReport):
+        raise NotImplementedError
+
+    def check_maps(self, rep: RunReport):
+        raise NotImplementedError
+
+    def close(self):
+        raise NotImplementedError
+
+
+def drive(target: Target, rep: RunReport, stream, progress=None) -> RunReport:
+    """Run every sample of `stream` through `target` in batches of BATCH, its maps checked
+    every MAP_CHECK_EVERY packets and at the end; the target is closed afterwards."""
+    try:
+        t0 = time.perf_counter()
+        batches: dict = {}
+        for s in stream:
+            rep.packets += 1
+            base = s.kind.split(":", 1)[-1].split("+")[0]
+            rep.kinds[base] = rep.kinds.get(base, 0) + 1
+            target.note(s, rep)
+            batch = batches.setdefault(target.batch_key(s), [])
+            batch.append(s)
+            if len(batch) == BATCH:
+                target.run_batch(batch, rep)
+                batch.clear()
+            if rep.packets % MAP_CHECK_EVERY == 0:
+                target.check_maps(rep)
+                if progress:
+                    progress(rep, time.perf_counter() - t0)
+        for batch in batches.values():
+            if batch:
+                target.run_batch(batch, rep)
+        target.check_maps(rep)
+        rep.seconds = time.perf_counter() - t0
+        rep.pps = rep.packets / rep.seconds if rep.seconds else 0.0
+    finally:
+        target.close()
+    return rep
+
+
+def check_bounded(rep: RunReport, sizes: dict[str, tuple[int, int]]):
+    """sizes: map name -> (entries now, max_entries)."""
+    for name, (n, cap) in sizes.items():
+        if n > cap:
+            record(rep, f"map {name} holds {n} entries > {cap}")
+
+
+def percpu_sum(m, key, n: int | None = None) -> list[int] | int:
+    """A per-CPU array value summed over the CPUs: an int, or a list for an n-slot value."""
+    vals = m.lookup(key) or []
+    if n is None:
+        return sum(int(getattr(v, "value", v)) for v in vals)
+    return [sum(int(v[i]) for v in vals) for i in range(n)]
+
+
+# --- the datapath: XDP and tc ------------------------------------------------------------------
+
+
+@dataclass
+class Report(RunReport):
     xdp_runs: int = 0
     tc_runs: int = 0
     tc_refused_to_xdp: int = 0  # frames the kernel's tc test run refuses (see TC_MIN_LEN)
@@ -402,14 +512,21 @@ class Report:
     max_subflows: int = 0
     max_subflow_tokens: int = 0
     max_conns: int = 0
-    kinds: dict = field(default_factory=dict)
-    violations: list = field(default_factory=list)
 
-    def ok(self) -> bool:
-        return not self.violations
+    def summary(self) -> list[str]:
+        return [
+            f"seed {self.seed}: {self.packets} packets in {self.seconds:.1f} s "
+            f"({self.pps:.0f} pkt/s; xdp {self.xdp_runs}, tc {self.tc_runs}; "
+            f"{self.tc_refused_to_xdp} too short for tc's test run went to XDP)",
+            f"malformed: predicted {self.predicted_malformed}, clean {self.predicted_clean}, "
+            f"not predicted {self.not_predicted}; counted {self.malformed_counted}",
+            f"largest maps: subflows {self.max_subflows}/{SUBFLOW_ENTRIES}, subflow_token "
+            f"{self.max_subflow_tokens}/{SUBFLOW_ENTRIES}, conns {self.max_conns}/{CONN_ENTRIES}",
+            self.mutation_line(),
+        ]
 
 
-class Fuzzer:
+class Fuzzer(Target):
     """One compiled datapath (small maps); runs samples alternately through XDP and tc."""
 
     def __init__(self):
@@ -425,9 +542,20 @@ class Fuzzer:
     def close(self):
         self.prog.close()
 
+    def batch_key(self, s: Sample):
+        # Predicted and unpredicted samples in separate batches (see BATCH).
+        return s.malformed is not None
+
+    def note(self, s: Sample, rep: Report):
+        if s.malformed is None:
+            rep.not_predicted += 1
+        elif s.malformed:
+            rep.predicted_malformed += 1
+        else:
+            rep.predicted_clean += 1
+
     def malformed(self) -> int:
-        vals = self.counters.lookup(C.c_uint32(abi.Counter.CNT_MALFORMED))
-        return sum(int(getattr(v, "value", v)) for v in vals)
+        return percpu_sum(self.counters, C.c_uint32(abi.Counter.CNT_MALFORMED))
 
     def _run_one(self, s: Sample, rep: Report):
         """Run one sample; a violation (error, wrong verdict) is recorded, not raised."""
@@ -453,11 +581,7 @@ class Fuzzer:
 
     @staticmethod
     def _violation(rep: Report, s: Sample, prog: str, what: str):
-        if len(rep.violations) < 50:
-            rep.violations.append({"program": prog, "what": what, "kind": s.kind,
-                                   "expected_malformed": s.malformed, "frame": s.frame.hex()})
-        else:
-            rep.violations.append({"what": what})
+        record(rep, what, s, program=prog, expected_malformed=s.malformed)
 
     def run_batch(self, batch: list[Sample], rep: Report):
         """Run a batch of samples that are all predicted, or all not predicted."""
@@ -486,80 +610,63 @@ class Fuzzer:
         rep.max_subflows = max(rep.max_subflows, n_sf)
         rep.max_subflow_tokens = max(rep.max_subflow_tokens, n_tok)
         rep.max_conns = max(rep.max_conns, n_conn)
-        for name, n, cap in (("subflows", n_sf, SUBFLOW_ENTRIES),
-                             ("subflow_token", n_tok, SUBFLOW_ENTRIES),
-                             ("conns", n_conn, CONN_ENTRIES)):
-            if n > cap:
-                rep.violations.append({"what": f"map {name} holds {n} entries > {cap}"})
+        check_bounded(rep, {"subflows": (n_sf, SUBFLOW_ENTRIES),
+                            "subflow_token": (n_tok, SUBFLOW_ENTRIES),
+                            "conns": (n_conn, CONN_ENTRIES)})
 
 
 def fuzz(packets: int, seed: int, progress=None) -> Report:
-    """Run `packets` samples of `seed` through one Fuzzer; the report of what was seen."""
-    rep = Report(seed=seed)
-    fz = Fuzzer()
-    try:
-        t0 = time.perf_counter()
-        batches: dict[bool, list[Sample]] = {True: [], False: []}  # by "predicted"
-        for s in samples(seed, packets):
-            rep.packets += 1
-            base = s.kind.split(":", 1)[-1].split("+")[0]
-            rep.kinds[base] = rep.kinds.get(base, 0) + 1
-            if s.malformed is None:
-                rep.not_predicted += 1
-            elif s.malformed:
-                rep.predicted_malformed += 1
-            else:
-                rep.predicted_clean += 1
-            batch = batches[s.malformed is not None]
-            batch.append(s)
-            if len(batch) == BATCH:
-                fz.run_batch(batch, rep)
-                batch.clear()
-            if rep.packets % MAP_CHECK_EVERY == 0:
-                fz.check_maps(rep)
-                if progress:
-                    progress(rep, time.perf_counter() - t0)
-        for batch in batches.values():
-            if batch:
-                fz.run_batch(batch, rep)
-        fz.check_maps(rep)
-        rep.seconds = time.perf_counter() - t0
-        rep.pps = rep.packets / rep.seconds if rep.seconds else 0.0
-    finally:
-        fz.close()
-    return rep
+    """Run `packets` samples of `seed` through the datapath's XDP and tc programs."""
+    return drive(Fuzzer(), Report(seed=seed), samples(seed, packets), progress)
 
 
-def _progress(rep: Report, elapsed: float):
-    print(f"  {rep.packets:>9} packets  {rep.packets / elapsed:>8.0f} pkt/s  "
-          f"violations {len(rep.violations)}", file=sys.stderr, flush=True)
+# --- the command line --------------------------------------------------------------------------
+
+PROGRAMS = ("datapath",)
+
+
+def run_program(name: str, packets: int, seed: int, progress=None) -> RunReport:
+    return fuzz(packets, seed, progress)
+
+
+def _progress_of(name: str):
+    def progress(rep: RunReport, elapsed: float):
+        print(f"  {name:>8} {rep.packets:>9} packets  {rep.packets / elapsed:>8.0f} pkt/s  "
+              f"violations {len(rep.violations)}", file=sys.stderr, flush=True)
+    return progress
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__)
-    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--packets", type=int, default=1_000_000, help="per program")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", dest="json_out", help="also write the report to this file")
+    ap.add_argument("--program", choices=(*PROGRAMS, "all"), default="all")
+    ap.add_argument("--json", dest="json_out",
+                    help="also write the reports to this file (an object keyed by program)")
     args = ap.parse_args(argv)
-    try:
-        rep = fuzz(args.packets, args.seed, progress=_progress)
-    except (MissingFeature, DatapathError) as e:
-        print(f"fuzz: {e}", file=sys.stderr)
-        return 3 if isinstance(e, MissingFeature) else 1
-    print(f"seed {rep.seed}: {rep.packets} packets in {rep.seconds:.1f} s "
-          f"({rep.pps:.0f} pkt/s; xdp {rep.xdp_runs}, tc {rep.tc_runs}; "
-          f"{rep.tc_refused_to_xdp} too short for tc's test run went to XDP)")
-    print(f"malformed: predicted {rep.predicted_malformed}, clean {rep.predicted_clean}, "
-          f"not predicted {rep.not_predicted}; counted {rep.malformed_counted}")
-    print(f"largest maps: subflows {rep.max_subflows}/{SUBFLOW_ENTRIES}, subflow_token "
-          f"{rep.max_subflow_tokens}/{SUBFLOW_ENTRIES}, conns {rep.max_conns}/{CONN_ENTRIES}")
-    print("mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.kinds.items())))
-    print(f"invariant violations: {len(rep.violations)}")
-    for v in rep.violations[:20]:
-        print(f"  {v}")
+    names = PROGRAMS if args.program == "all" else (args.program,)
+    reports, t0 = {}, time.perf_counter()
+    for name in names:
+        print(f"== {name}", flush=True)
+        try:
+            rep = run_program(name, args.packets, args.seed, _progress_of(name))
+        except (MissingFeature, DatapathError) as e:
+            print(f"fuzz: {e}", file=sys.stderr)
+            return 3 if isinstance(e, MissingFeature) else 1
+        reports[name] = rep
+        for line in rep.summary():
+            print(line)
+        print(f"invariant violations: {len(rep.violations)}")
+        for v in rep.violations[:20]:
+            print(f"  {v}")
+    if len(names) > 1:
+        print("== total: " + ", ".join(f"{n} {r.packets} packets, {len(r.violations)} violations"
+                                       for n, r in reports.items())
+              + f"; {time.perf_counter() - t0:.1f} s")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(asdict(rep), indent=1))
-    return 0 if rep.ok() else 1
+        Path(args.json_out).write_text(json.dumps({n: asdict(r) for n, r in reports.items()},
+                                                  indent=1))
+    return 0 if all(r.ok() for r in reports.values()) else 1
 
 
 if __name__ == "__main__":
