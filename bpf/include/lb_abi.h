@@ -14,12 +14,19 @@
 #define LB_NO_BACKEND 0xffffffff
 /* Seed of the flow hash (murmur3 over struct lb_flow; controller/maglev.flow_hash mirrors). */
 #define LB_HASH_SEED 0x4d505443
-/* Connection table entries (LRU, per family): client address and port -> backend. */
+/* Connection table entries (LRU, per family): client address and port -> backend. The three
+ * table sizes can be set with -D (bench/fuzz_lb.py builds with small ones). */
+#ifndef LB_CONN_ENTRIES
 #define LB_CONN_ENTRIES 262144
+#endif
 /* Token table entries (LRU): token -> backend; written by the controller only. */
+#ifndef LB_TOKEN_ENTRIES
 #define LB_TOKEN_ENTRIES 65536
+#endif
 /* Blocklist entries (LRU): 5-tuples whose ADD_ADDR HMAC failed (--enforce-hmac). */
+#ifndef LB_BLOCK_ENTRIES
 #define LB_BLOCK_ENTRIES 16384
+#endif
 /* Outer header added in front of the client's packet: IPv4 protocol 4 (IP-in-IP) for an
  * IPv4 VIP, IPv6 next header 41 (IPv6-in-IPv6) for an IPv6 VIP; TTL / hop limit. */
 #define LB_IPIP_PROTO 4

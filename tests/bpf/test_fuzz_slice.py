@@ -1,18 +1,22 @@
-"""A 20,000-packet slice of the datapath fuzzer (bench/fuzz.py; `make fuzz` runs 1M): mutated
-table options and random frames through XDP and tc never error, always pass, count malformed
-exactly as RFC 8684 says, and never grow a map past its size. Plus the fuzzer's own model
-checked against the decoder table, so a wrong model cannot hide a wrong datapath."""
+"""20,000-packet slices of the fuzzers (bench/fuzz.py; `make fuzz` runs 1M per program): for
+the datapath, mutated table options and random frames through XDP and tc never error, always
+pass, count malformed exactly as RFC 8684 says, and never grow a map past its size; for the load
+balancer, every packet gets the verdict, output and counter moves docs/lb.md promises and the
+maps stay bounded. Plus the fuzzers' own models checked against the table tests, so a wrong
+model cannot hide a wrong program."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import test_lb
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 from test_decode_table import CASES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import fuzz  # noqa: E402
+from bench import fuzz, fuzz_lb  # noqa: E402
 
 SLICE = 20_000
 SEED = 20260
@@ -67,3 +71,48 @@ def test_fuzz_slice_runs_both_programs_and_fills_the_maps(report):
     # The LRU subflow map is filled (new 4-tuples far outnumber its entries), never overfilled.
     assert fuzz.SUBFLOW_ENTRIES // 2 < report.max_subflows <= fuzz.SUBFLOW_ENTRIES
     assert report.max_conns <= fuzz.CONN_ENTRIES
+
+
+# --- the load balancer (bench/fuzz_lb.py) -------------------------------------------------------
+
+
+def test_lb_model_classes_the_lb_tables_frames_as_the_program_does():
+    model = fuzz_lb.Model(4, [0] * 7, set())
+    assert fuzz_lb.SITES[4][0] == test_lb.VIP and fuzz_lb.VPORT == test_lb.VPORT
+    join = test_lb.frame([test_lb.MSS, test_lb.SACK_PERM, test_lb.TIMESTAMPS, test_lb.NOP,
+                          test_lb.WSCALE, test_lb.join_syn(0, 2, 0xDEADBEEF, 9)], flags="S")
+    assert model.expect(join).counts == {"packets": 1, "vip": 1, "join_hit": 1, "forwarded": 1}
+    unknown = test_lb.frame([test_lb.join_syn(0, 2, 0x0BADF00D, 1)], flags="S")
+    assert model.expect(unknown).verdict == fuzz_lb.XDP_DROP
+    assert "join_unknown" in model.expect(unknown).counts
+    for data in (test_lb.frame([test_lb.mp_capable()], flags="S", dst="198.51.100.81"),
+                 test_lb.frame([test_lb.mp_capable()], flags="S", dport=81)):
+        assert model.expect(data).counts == {"packets": 1}
+    dss_only = test_lb.frame([test_lb.NOP, test_lb.NOP, test_lb.TIMESTAMPS,
+                              test_lb.dss(ack=1, dsn=5, ssn=1, dlen=4)], payload=b"abcd")
+    assert fuzz_lb.scan(fuzz_lb.parse_vip(dss_only, 4, model.vip).opts) == fuzz_lb.Found()
+
+
+@pytest.fixture(scope="module")
+def lb_report(root_bpf):
+    return fuzz_lb.fuzz_program(SLICE, SEED)
+
+
+def test_lb_fuzz_slice_keeps_every_invariant(lb_report):
+    assert lb_report.packets == SLICE
+    assert lb_report.violations == []
+
+
+def test_lb_fuzz_slice_runs_both_builds_every_policy_and_verdict_and_fills_the_table(lb_report):
+    r = lb_report
+    assert min(r.runs.values()) > SLICE // 4
+    assert min(r.policies.values()) > 0
+    assert min(r.verdicts.values()) > SLICE // 200, r.verdicts
+    c = r.counters
+    assert c["packets"] == SLICE and c["forwarded"] == r.verdicts["tx"]
+    assert min(c[k] for k in ("join_hit", "join_unknown", "join_hashed", "blocked",
+                              "not_handled", "malformed", "keys", "add_addr")) > 0, c
+    assert r.events == c["keys"] + c["add_addr"]
+    # lb_conns keeps an LRU list per CPU (BPF_F_NO_COMMON_LRU): at least the share of the CPU
+    # the test ran on fills up; the whole table never overflows.
+    assert fuzz_lb.LB_CONN_ENTRIES // os.cpu_count() <= r.max_conns <= fuzz_lb.LB_CONN_ENTRIES
