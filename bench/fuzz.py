@@ -2,8 +2,8 @@
 (tests/data/fuzz/seeds.txt) mutated (lengths, subtype and flag nibbles, truncation, duplicates,
 random bytes) in random IPv4/IPv6/VLAN headers, plus random frames. --program picks datapath
 (this file: XDP and tc; checks no test-run error, XDP_PASS/TC_ACT_OK, the malformed counter
-moves exactly as a Python model of RFC 8684 predicts, maps bounded), lb (bench/fuzz_lb.py) or
-all; --packets counts per program. Run as root:
+moves exactly as a Python model of RFC 8684 predicts, maps bounded), lb (bench/fuzz_lb.py),
+dssfix (bench/fuzz_dssfix.py) or all; --packets counts per program. Run as root:
 `python -m bench.fuzz --packets 1000000 --seed 1` (`make fuzz`)."""
 
 import argparse
@@ -623,7 +623,7 @@ def fuzz(packets: int, seed: int, progress=None) -> Report:
 
 # --- the command line --------------------------------------------------------------------------
 
-PROGRAMS = ("datapath", "lb")
+PROGRAMS = ("datapath", "lb", "dssfix")
 
 
 def run_program(name: str, packets: int, seed: int, progress=None) -> RunReport:
@@ -631,6 +631,10 @@ def run_program(name: str, packets: int, seed: int, progress=None) -> RunReport:
         from bench import fuzz_lb
 
         return fuzz_lb.fuzz_program(packets, seed, progress)
+    if name == "dssfix":
+        from bench import fuzz_dssfix
+
+        return fuzz_dssfix.fuzz_program(packets, seed, progress)
     return fuzz(packets, seed, progress)
 
 

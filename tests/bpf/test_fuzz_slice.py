@@ -1,22 +1,23 @@
 """20,000-packet slices of the fuzzers (bench/fuzz.py; `make fuzz` runs 1M per program): for
 the datapath, mutated table options and random frames through XDP and tc never error, always
 pass, count malformed exactly as RFC 8684 says, and never grow a map past its size; for the load
-balancer, every packet gets the verdict, output and counter moves docs/lb.md promises and the
-maps stay bounded. Plus the fuzzers' own models checked against the table tests, so a wrong
-model cannot hide a wrong program."""
+balancer and the DSS fix, every packet gets the verdict, output and counter moves their docs
+promise and the maps stay bounded. Plus the fuzzers' own models checked against the table
+tests, so a wrong model cannot hide a wrong program."""
 
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import test_dssfix
 import test_lb
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 from test_decode_table import CASES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import fuzz, fuzz_lb  # noqa: E402
+from bench import fuzz, fuzz_dssfix, fuzz_lb  # noqa: E402
 
 SLICE = 20_000
 SEED = 20260
@@ -71,6 +72,46 @@ def test_fuzz_slice_runs_both_programs_and_fills_the_maps(report):
     # The LRU subflow map is filled (new 4-tuples far outnumber its entries), never overfilled.
     assert fuzz.SUBFLOW_ENTRIES // 2 < report.max_subflows <= fuzz.SUBFLOW_ENTRIES
     assert report.max_conns <= fuzz.CONN_ENTRIES
+
+
+# --- the DSS fix (bench/fuzz_dssfix.py) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", test_dssfix.CASES, ids=[c.desc for c in test_dssfix.CASES])
+def test_dssfix_model_agrees_with_the_dssfix_table(case):
+    exp = fuzz_dssfix.expect(case.raw)
+    assert {k: exp.counts.count(k) for k in exp.counts} == case.counters
+    assert exp.fixes == (case.expect == "fixed")
+
+
+def test_dssfix_model_takes_a_partial_checksum_for_a_fix_and_a_wrong_one_for_corruption():
+    good = test_dssfix.dss_checksum(test_dssfix.DSN, test_dssfix.SSN, test_dssfix.PAYLOAD)
+    raw = test_dssfix.frame(test_dssfix.alg(test_dssfix.PAYLOAD),
+                            test_dssfix.dss_opt(good, len(test_dssfix.PAYLOAD)))
+    seg = fuzz_dssfix.parse_to_tcp(raw)
+    partial = fuzz_dssfix.set_tcp_checksum(raw, seg, fuzz_dssfix.pseudo_sum(seg))
+    assert fuzz_dssfix.expect(partial).counts == ("checked", "fixed_partial")
+    wrong = fuzz_dssfix.set_tcp_checksum(raw, seg, fuzz_dssfix.pseudo_sum(seg) ^ 1)
+    assert fuzz_dssfix.expect(wrong).counts == ("checked", "corrupt")
+
+
+@pytest.fixture(scope="module")
+def dssfix_report(root_bpf):
+    return fuzz_dssfix.fuzz_program(SLICE, SEED)
+
+
+def test_dssfix_fuzz_slice_keeps_every_invariant(dssfix_report):
+    assert dssfix_report.packets == SLICE
+    assert dssfix_report.violations == []
+
+
+def test_dssfix_fuzz_slice_reaches_every_outcome_and_fills_the_flow_map(dssfix_report):
+    r = dssfix_report
+    assert r.runs > SLICE * 9 // 10
+    assert all(r.counted[k] > SLICE // 200 for k in fuzz_dssfix.COUNTERS), r.counted
+    assert r.changed == r.counted["fixed"] + r.counted["fixed_partial"]
+    assert r.changed_tcp_valid == r.counted["fixed"]
+    assert fuzz_dssfix.DSSFIX_FLOWS // 2 < r.max_flows <= fuzz_dssfix.DSSFIX_FLOWS
 
 
 # --- the load balancer (bench/fuzz_lb.py) -------------------------------------------------------
