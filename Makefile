@@ -81,8 +81,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 FUZZ_PACKETS ?= 1000000
 FUZZ_SEED ?= 1
-fuzz: deps ## fuzz XDP+tc with mutated and random packets via test-run (1M packets, ~35 s)
-	@$(PY) -m bench.fuzz --packets $(FUZZ_PACKETS) --seed $(FUZZ_SEED)
+FUZZ_PROGRAM ?= all
+fuzz: deps ## fuzz datapath XDP+tc, LB, DSS fix via test-run: 1M mutated/random packets each (~2.5 min)
+	@$(PY) -m bench.fuzz --packets $(FUZZ_PACKETS) --seed $(FUZZ_SEED) --program $(FUZZ_PROGRAM)
 
 fuzz-corpus: deps ## rewrite the fuzz seed corpus tests/data/fuzz/seeds.txt from tests/fuzz_corpus.py
 	@$(PY) tests/fuzz_corpus.py

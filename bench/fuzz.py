@@ -4,7 +4,7 @@ random bytes) in random IPv4/IPv6/VLAN headers, plus random frames. --program pi
 (this file: XDP and tc; checks no test-run error, XDP_PASS/TC_ACT_OK, the malformed counter
 moves exactly as a Python model of RFC 8684 predicts, maps bounded), lb (bench/fuzz_lb.py),
 dssfix (bench/fuzz_dssfix.py) or all; --packets counts per program. Run as root:
-`python -m bench.fuzz --packets 1000000 --seed 1` (`make fuzz`)."""
+`python -m bench.fuzz --packets 1000000 --seed 1` (`make fuzz`: all three, 1M packets each)."""
 
 import argparse
 import ctypes as C
