@@ -4,10 +4,12 @@ import argparse
 from pathlib import Path
 
 
-def run_options(prog: str, doc: str | None, repeat: int, samples: int, quick_repeat: int,
-                quick_samples: int, results: Path, argv=None) -> tuple[int, int, Path | None]:
-    """(runs per sample, samples, results file or None) from the command line. --quick is a
-    smoke test that writes no results unless --out is given."""
+def run_args(prog: str, doc: str | None, repeat: int, samples: int, quick_repeat: int,
+             quick_samples: int, results: Path, argv=None,
+             breakdown: str | None = None) -> argparse.Namespace:
+    """The command line as .repeat (runs per sample), .samples, .out (results file or None) and,
+    when `breakdown` (its help text) is given, .breakdown. --quick is a smoke test that writes
+    no results unless --out is given."""
     ap = argparse.ArgumentParser(prog=prog, description=doc)
     ap.add_argument("--repeat", type=int, help=f"runs per sample (default {repeat:,})")
     ap.add_argument("--samples", type=int, help=f"samples per program (default {samples})")
@@ -15,12 +17,22 @@ def run_options(prog: str, doc: str | None, repeat: int, samples: int, quick_rep
                     help=f"smoke test: {quick_repeat:,} runs x {quick_samples} samples, "
                          "writes no results unless --out is given")
     ap.add_argument("--out", type=Path, help=f"results file (default {results})")
+    if breakdown:
+        ap.add_argument("--breakdown", action="store_true", help=breakdown)
     args = ap.parse_args(argv)
-    n = args.repeat or (quick_repeat if args.quick else repeat)
-    k = args.samples or (quick_samples if args.quick else samples)
-    if n < 1 or k < 1:
+    args.repeat = args.repeat or (quick_repeat if args.quick else repeat)
+    args.samples = args.samples or (quick_samples if args.quick else samples)
+    if args.repeat < 1 or args.samples < 1:
         ap.error("--repeat and --samples must be positive")
-    return n, k, args.out or (None if args.quick else results)
+    args.out = args.out or (None if args.quick else results)
+    return args
+
+
+def run_options(prog: str, doc: str | None, repeat: int, samples: int, quick_repeat: int,
+                quick_samples: int, results: Path, argv=None) -> tuple[int, int, Path | None]:
+    """(runs per sample, samples, results file or None) from the command line (run_args)."""
+    a = run_args(prog, doc, repeat, samples, quick_repeat, quick_samples, results, argv)
+    return a.repeat, a.samples, a.out
 
 
 def finally_on_sigterm() -> None:

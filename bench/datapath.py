@@ -1,6 +1,9 @@
 """Per-packet cost of the XDP datapath next to a count-and-pass baseline (bench/baseline_xdp.c),
 both measured with BPF_PROG_TEST_RUN on the same frames, samples interleaved; prints a table and
-writes bench/results/datapath.json. Run as root: `make bench` or `python -m bench.datapath`."""
+writes bench/results/datapath.json. Run as root: `make bench` or `python -m bench.datapath`.
+--breakdown times bench builds of the datapath that stop after each stage or leave one piece out
+(-DBENCH_STOP, -DBENCH_SKIP_* in bpf/mptcp_datapath.c) in the same session: where the time goes
+(bench/results/datapath_breakdown.json)."""
 
 import ctypes as C
 import datetime
@@ -13,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import run_options
+from bench.common import run_args
 from controller import abi
 from controller.datapath import Program
 from controller.errors import DatapathError, MissingFeature
@@ -22,6 +25,7 @@ from controller.libbpf import test_run
 BENCH_DIR = Path(__file__).resolve().parent
 BASELINE_SOURCE = BENCH_DIR / "baseline_xdp.c"
 RESULTS = BENCH_DIR / "results" / "datapath.json"
+BREAKDOWN_RESULTS = BENCH_DIR / "results" / "datapath_breakdown.json"
 # The datapath may cost at most this many times the baseline per packet.
 GOAL_RATIO = 2.0
 XDP_PASS = 2
@@ -196,19 +200,110 @@ class Row:
                 "ratio": round(self.ratio, 3), "goal_ratio": GOAL_RATIO, "met": self.met}
 
 
-def measure(prog: Program, base: Baseline, frames, repeat: int, samples: int,
-            progress=None) -> list[Row]:
-    """`samples` rounds; in each, every packet runs on both programs, back to back, the order
-    swapped every round so neither always runs on a warmer cache or a quieter moment."""
-    rows = [Row(name, len(frame)) for name, (frame, _) in frames.items()]
+def sample(programs: dict, frames: dict[str, bytes], repeat: int, samples: int,
+           progress=None) -> dict[str, dict[str, Series]]:
+    """packet -> program -> ns per run. `samples` rounds; in each, every packet runs on every
+    program (anything with run_xdp), back to back, the order rotated every round so none always
+    runs on a warmer cache or a quieter moment."""
+    names = list(programs)
+    out = {pkt: {n: Series() for n in names} for pkt in frames}
     for rnd in range(samples):
-        for row, (frame, _) in zip(rows, frames.values(), strict=True):
-            pair = [(base, row.baseline), (prog, row.datapath)]
-            for p, series in pair if rnd % 2 == 0 else reversed(pair):
-                series.samples.append(p.run_xdp(frame, repeat)[1])
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        for pkt, frame in frames.items():
+            for n in order:
+                out[pkt][n].samples.append(programs[n].run_xdp(frame, repeat)[1])
         if progress:
             progress(rnd + 1)
-    return rows
+    return out
+
+
+def measure(prog: Program, base: Baseline, frames, repeat: int, samples: int,
+            progress=None) -> list[Row]:
+    """The datapath against the baseline on every packet (sample())."""
+    got = sample({"baseline": base, "datapath": prog},
+                 {name: frame for name, (frame, _) in frames.items()}, repeat, samples, progress)
+    return [Row(name, len(frame), got[name]["baseline"], got[name]["datapath"])
+            for name, (frame, _) in frames.items()]
+
+
+# --- breakdown -------------------------------------------------------------------------------
+
+# The packets whose cost is taken apart.
+BREAKDOWN_PACKETS = ("DSS data-ack", "MP_JOIN SYN")
+FULL = "+ options into the subflow, counters, events (full)"
+# Builds that stop after each stage in turn (each row adds one stage to the one above it), then
+# the full program, then the full program with one piece left out (bpf/mptcp_datapath.c).
+STAGES = [
+    ("packet counter + config lookup", ["-DBENCH_STOP=1"]),
+    ("+ parse Ethernet..TCP", ["-DBENCH_STOP=2"]),
+    ("+ copy, find and decode options", ["-DBENCH_STOP=3"]),
+    ("+ subflows lookup", ["-DBENCH_STOP=4"]),
+    ("+ subflow timestamps and counts", ["-DBENCH_STOP=5"]),
+    # A join learns its token in the option accounting below, so stop builds never find its
+    # connection: for MP_JOIN SYN this row adds nothing and the next row holds that cost.
+    ("+ connection lookup and sums", ["-DBENCH_STOP=6"]),
+    (FULL, []),
+]
+SKIPS = [
+    ("full without ring-buffer events", ["-DBENCH_SKIP_EVENTS"]),
+    ("full without per-CPU counters", ["-DBENCH_SKIP_COUNTERS"]),
+    ("full without subflow_token lookup", ["-DBENCH_SKIP_TOKEN_MAP"]),
+    ("full without connection", ["-DBENCH_SKIP_CONN"]),
+    ("full without clock read", ["-DBENCH_SKIP_TIME"]),
+]
+
+
+def breakdown(base: Baseline, frames, repeat: int, samples: int, console) -> dict:
+    """Every build of STAGES and SKIPS beside the baseline, sampled together (sample()).
+    Returns packet -> rows of (build, median ns, ratio to the baseline, ns it adds)."""
+    builds = {}
+    try:
+        with console.status("compiling the bench builds") as st:
+            for label, cflags in STAGES + SKIPS:
+                st.update(f"compiling: {label}")
+                builds[label] = Program(cflags=cflags)
+        check_paths(builds[FULL], base, {k: frames[k] for k in BREAKDOWN_PACKETS})
+        programs = {"baseline": base, **builds}
+        with console.status(f"measuring: 0/{samples} rounds") as st:
+            got = sample(programs, {k: frames[k][0] for k in BREAKDOWN_PACKETS}, repeat,
+                         samples, lambda n: st.update(f"measuring: {n}/{samples} rounds"))
+    finally:
+        for p in builds.values():
+            p.close()
+    out = {}
+    for pkt, series in got.items():
+        b = series["baseline"].median
+        full = series[FULL].median
+        rows, prev = [], b
+        for label, _ in STAGES:
+            ns = series[label].median
+            rows.append({"build": label, "ns": ns, "ratio": round(ns / max(b, 1), 2),
+                         "adds_ns": ns - prev, "samples": series[label].samples})
+            prev = ns
+        for label, _ in SKIPS:
+            ns = series[label].median
+            rows.append({"build": label, "ns": ns, "ratio": round(ns / max(b, 1), 2),
+                         "adds_ns": full - ns, "samples": series[label].samples})
+        out[pkt] = {"baseline_ns": b, "baseline_samples": series["baseline"].samples,
+                    "rows": rows}
+    return out
+
+
+def render_breakdown(got: dict, repeat: int, samples: int):
+    from rich.table import Table
+
+    tables = []
+    for pkt, res in got.items():
+        t = Table(title=f"{pkt}: where the time goes (median of {samples} x {repeat:,} runs;"
+                  f" baseline {res['baseline_ns']:g} ns)")
+        t.add_column("build")
+        t.add_column("ns", justify="right")
+        t.add_column("x baseline", justify="right")
+        t.add_column("the stage or piece costs, ns", justify="right")
+        for r in res["rows"]:
+            t.add_row(r["build"], f"{r['ns']:g}", f"{r['ratio']:.2f}", f"{r['adds_ns']:+g}")
+        tables.append(t)
+    return tables
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -255,8 +350,14 @@ def report(rows: list[Row], repeat: int, samples: int, elapsed: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    repeat, samples, out = run_options("python -m bench.datapath", __doc__, REPEAT, SAMPLES,
-                                       QUICK_REPEAT, QUICK_SAMPLES, RESULTS, argv)
+    args = run_args("python -m bench.datapath", __doc__, REPEAT, SAMPLES, QUICK_REPEAT,
+                    QUICK_SAMPLES, RESULTS, argv,
+                    breakdown="time bench builds that stop after each stage or leave one piece"
+                              f" out, on {', '.join(BREAKDOWN_PACKETS)}; writes"
+                              f" {BREAKDOWN_RESULTS.name} unless --quick")
+    repeat, samples, out = args.repeat, args.samples, args.out
+    if args.breakdown:
+        return main_breakdown(repeat, samples, BREAKDOWN_RESULTS if out == RESULTS else out)
 
     from rich.console import Console
 
@@ -287,6 +388,40 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report(rows, repeat, samples, elapsed), indent=1) + "\n")
+        console.print(f"wrote {out}")
+    return 0
+
+
+def main_breakdown(repeat: int, samples: int, out: Path | None) -> int:
+    from rich.console import Console
+
+    console = Console()
+    start = time.monotonic()
+    base = None
+    try:
+        frames = build_frames()
+        base = Baseline()
+        got = breakdown(base, frames, repeat, samples, console)
+    except (MissingFeature, DatapathError) as e:
+        console.print(f"[red]bench: {e}[/]")
+        return 1
+    finally:
+        if base is not None:
+            base.close()
+    elapsed = time.monotonic() - start
+    for t in render_breakdown(got, repeat, samples):
+        console.print(t)
+    console.print(f"kernel {platform.release()}, {elapsed:.1f} s. Each '+' row adds one stage to"
+                  " the row above; a 'full without' row shows what the full program spends on"
+                  " that piece.")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rep = report([], repeat, samples, elapsed)
+        rep.pop("results")
+        rep["method"] += ("; bench builds of bpf/mptcp_datapath.c with -DBENCH_STOP=n (stop"
+                          " after stage n) or -DBENCH_SKIP_* (leave one piece out)")
+        rep["breakdown"] = got
+        out.write_text(json.dumps(rep, indent=1) + "\n")
         console.print(f"wrote {out}")
     return 0
 

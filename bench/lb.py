@@ -4,7 +4,8 @@ interleaved, medians; prints a table and writes bench/results/lb.json. Run as ro
 `python -m bench.lb` (`--quick` for a smoke test). A third program, the encapsulation floor
 (push an outer IPv4 header and take it off again, nothing else), shows how much of the ratio
 any encapsulating LB pays under test-run. LB_BENCH_CFLAGS="-DNAME ..." builds a variant of
-mptcp_lb (to find where the time goes)."""
+mptcp_lb; --breakdown times bench builds that stop after each stage (-DLB_BENCH_STOP in
+bpf/mptcp_lb.c) in the same session: where the time goes (bench/results/lb_breakdown.json)."""
 
 import datetime
 import json
@@ -15,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import run_options
+from bench.common import run_args
 from controller import crypto
 from controller.errors import DatapathError, MissingFeature
 from controller.libbpf import test_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lb.json"
+BREAKDOWN_RESULTS = RESULTS.with_name("lb_breakdown.json")
 GOAL_RATIO = 2.0
 EXTRA_CFLAGS = os.environ.get("LB_BENCH_CFLAGS", "").split()
 XDP_TX_PROGS = ("baseline", "encap_floor", "lb")
@@ -124,16 +126,23 @@ def build_frames() -> dict[str, bytes]:
             "dss_data (conn hit)": bytes(data), "_third_ack": bytes(third)}
 
 
+def _lb(cflags: list[str]):
+    """A bench build of mptcp_lb with its backends, Maglev table and static next hops."""
+    from controller.lb import LbCore, LbOptions, LbProgram
+
+    prog = LbProgram(cflags=["-DLB_BENCH_RESTORE", *cflags])
+    macs = {b: (bytes([2, 0xBB, 0, 0, 0, i + 1]), 0) for i, b in enumerate(BACKENDS)}
+    core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src="10.20.0.2",
+                                  smac=bytes.fromhex("02aa00000002")), static_hops=macs)
+    return prog, core
+
+
 def setup(frames):
     from bcc import BPF
 
     from controller.datapath import _quiet_stderr
-    from controller.lb import LbCore, LbOptions, LbProgram
 
-    prog = LbProgram(cflags=["-DLB_BENCH_RESTORE", *EXTRA_CFLAGS])
-    macs = {b: (bytes([2, 0xBB, 0, 0, 0, i + 1]), 0) for i, b in enumerate(BACKENDS)}
-    core = LbCore(prog, LbOptions(VIP, VPORT, list(BACKENDS), src="10.20.0.2",
-                                  smac=bytes.fromhex("02aa00000002")), static_hops=macs)
+    prog, core = _lb(EXTRA_CFLAGS)
     # The connection's SYN and keys first: the data packet then hits the connection table
     # and the join's token is known.
     for name in ("mp_capable_syn", "_third_ack"):
@@ -149,12 +158,14 @@ def setup(frames):
     return prog, core, base, {"baseline": base_fn.fd, "encap_floor": floor_fn.fd, "lb": prog.xdp.fd}
 
 
-def measure(fds, frames, repeat, samples, progress=None):
-    """Interleaved samples of every program on every frame; the order rotates per round."""
-    rows = {name: {k: [] for k in XDP_TX_PROGS} for name in frames if not name.startswith("_")}
+def sample(fds: dict[str, int], frames: dict[str, bytes], repeat, samples, progress=None):
+    """packet -> program -> ns per run: interleaved samples of every program (by fd) on every
+    frame not named _*; the order rotates per round."""
+    names = list(fds)
+    rows = {name: {k: [] for k in names} for name in frames if not name.startswith("_")}
     for rnd in range(samples):
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
         for name, series in rows.items():
-            order = XDP_TX_PROGS[rnd % 3:] + XDP_TX_PROGS[:rnd % 3]
             for key in order:
                 verdict, ns, _ = test_run(fds[key], frames[name], repeat)
                 if verdict != XDP_TX:
@@ -162,6 +173,11 @@ def measure(fds, frames, repeat, samples, progress=None):
                 series[key].append(ns)
         if progress:
             progress(rnd + 1)
+    return rows
+
+
+def measure(fds, frames, repeat, samples, progress=None):
+    rows = sample({k: fds[k] for k in XDP_TX_PROGS}, frames, repeat, samples, progress)
     out = []
     for name, s in rows.items():
         b, floor, lb = (statistics.median(s[k]) for k in XDP_TX_PROGS)
@@ -190,9 +206,109 @@ def render(rows, repeat, samples):
     return t
 
 
+# --- breakdown -------------------------------------------------------------------------------
+
+FULL = "+ events, encapsulate, send (full)"
+# Builds that stop after each stage in turn (-DLB_BENCH_STOP=n), each row adding one stage.
+STAGES = [
+    ("counters, config, parse to VIP:port", ["-DLB_BENCH_STOP=1"]),
+    ("+ option walk", ["-DLB_BENCH_STOP=2"]),
+    ("+ backend: token / Maglev / connection table", ["-DLB_BENCH_STOP=3"]),
+    (FULL, []),
+]
+
+
+def breakdown(frames, repeat: int, samples: int, console) -> dict:
+    """Every build of STAGES beside the baseline and the encapsulation floor, sampled together.
+    The stop builds get the full build's tokens and connections (they emit no keys events)."""
+    import contextlib
+
+    prog = base = None
+    builds = {}
+    try:
+        with console.status("compiling the bench builds") as st:
+            prog, _core, base, fds = setup(frames)
+            for label, cflags in STAGES[:-1]:
+                st.update(f"compiling: {label}")
+                builds[label], _ = _lb([*EXTRA_CFLAGS, *cflags])
+                for k, v in prog.tokens.items():
+                    builds[label].tokens.update(k, v)
+                for k, v in prog.conns.items():
+                    builds[label].conns.update(k, v)
+        progs = {"baseline": fds["baseline"], "encap_floor": fds["encap_floor"],
+                 **{label: b.xdp.fd for label, b in builds.items()}, FULL: fds["lb"]}
+        with console.status(f"measuring: 0/{samples} rounds") as st:
+            got = sample(progs, frames, repeat, samples,
+                         lambda n: st.update(f"measuring: {n}/{samples} rounds"))
+    finally:
+        for b in builds.values():
+            b.close()
+        if base is not None:
+            with contextlib.suppress(Exception):
+                base.cleanup()
+        if prog is not None:
+            prog.close()
+    out = {}
+    for pkt, series in got.items():
+        b = statistics.median(series["baseline"])
+        rows, prev = [], b
+        for label in ["encap_floor"] + [lbl for lbl, _ in STAGES]:
+            ns = statistics.median(series[label])
+            rows.append({"build": "encapsulation floor (alone)" if label == "encap_floor"
+                         else label, "ns": ns, "ratio": round(ns / max(b, 1), 2),
+                         "adds_ns": ns - (b if label == "encap_floor" else prev),
+                         "samples": series[label]})
+            if label != "encap_floor":
+                prev = ns
+        out[pkt] = {"baseline_ns": b, "baseline_samples": series["baseline"], "rows": rows}
+    return out
+
+
+def main_breakdown(repeat: int, samples: int, out: Path | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    start = time.monotonic()
+    try:
+        got = breakdown(build_frames(), repeat, samples, console)
+    except (MissingFeature, DatapathError) as e:
+        console.print(f"[red]bench: {e}[/]")
+        return 1
+    elapsed = time.monotonic() - start
+    for pkt, res in got.items():
+        t = Table(title=f"{pkt}: where the time goes (median of {samples} x {repeat:,} runs;"
+                  f" XDP_TX baseline {res['baseline_ns']:g} ns)")
+        for col in ("build", "ns", "x baseline", "the stage costs, ns"):
+            t.add_column(col, justify="left" if col == "build" else "right")
+        for r in res["rows"]:
+            t.add_row(r["build"], f"{r['ns']:g}", f"{r['ratio']:.2f}", f"{r['adds_ns']:+g}")
+        console.print(t)
+    console.print(f"kernel {platform.release()}, {elapsed:.1f} s. Each '+' row adds one stage to"
+                  " the row above (the first, to the baseline); the floor row is the"
+                  " encapsulation alone, which the full row also pays.")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "kernel": platform.release(), "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "method": "BPF_PROG_TEST_RUN, as bench.lb; bench builds of bpf/mptcp_lb.c with"
+                      " -DLB_BENCH_STOP=n return XDP_TX after stage n",
+            "cflags": EXTRA_CFLAGS, "repeat": repeat, "samples": samples,
+            "elapsed_s": round(elapsed, 1), "breakdown": got}, indent=1) + "\n")
+        console.print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    repeat, samples, out = run_options("python -m bench.lb", __doc__, REPEAT, SAMPLES,
-                                       QUICK_REPEAT, QUICK_SAMPLES, RESULTS, argv)
+    args = run_args("python -m bench.lb", __doc__, REPEAT, SAMPLES, QUICK_REPEAT, QUICK_SAMPLES,
+                    RESULTS, argv,
+                    breakdown="time bench builds that stop after each stage; writes"
+                              f" {BREAKDOWN_RESULTS.name} unless --quick")
+    repeat, samples, out = args.repeat, args.samples, args.out
+    if args.breakdown:
+        return main_breakdown(repeat, samples, BREAKDOWN_RESULTS if out == RESULTS else out)
 
     from rich.console import Console
 

@@ -17,8 +17,32 @@
 /* MP_CAPABLE flag A: "checksum required" (RFC 8684 §3.1). */
 #define MPC_FLAG_CHECKSUM 0x80
 
+/* Bench builds only (bench/datapath.py --breakdown), never set otherwise: -DBENCH_STOP=n ends
+ * the per-packet path after stage n (STAGE_* below), -DBENCH_SKIP_x leaves one piece out, so
+ * each piece's cost shows against the whole program in one test-run session. `keep` is made
+ * to escape, so clang cannot drop the work the stage did for later stages. */
+#define STAGE_CONFIG 1   /* the packet counter and the config lookup */
+#define STAGE_PARSE 2    /* Ethernet .. TCP */
+#define STAGE_WALK 3     /* options copied, found and decoded */
+#define STAGE_SUBFLOW 4  /* the subflows entry looked up (or created) */
+#define STAGE_SF_STATS 5 /* its timestamps and per-direction counts */
+#define STAGE_CONN 6     /* the connection found and summed */
+#ifdef BENCH_STOP
+#define BENCH_STAGE(n, keep)                                                                       \
+	do {                                                                                       \
+		asm volatile("" ::"r"(keep) : "memory");                                           \
+		if (BENCH_STOP <= (n))                                                             \
+			return;                                                                    \
+	} while (0)
+#else
+#define BENCH_STAGE(n, keep)
+#endif
+
 static __always_inline void count(__u32 idx, __u64 n)
 {
+#ifdef BENCH_SKIP_COUNTERS
+	return;
+#endif
 	__u64 *v = counters.lookup(&idx);
 	if (v)
 		*v += n;
@@ -27,6 +51,9 @@ static __always_inline void count(__u32 idx, __u64 n)
 static __always_inline void emit(__u32 type, __u32 dir, __u32 ifindex, struct pkt_info *pi,
 				 struct flow_key *k, struct mptcp_opt *m)
 {
+#ifdef BENCH_SKIP_EVENTS
+	return;
+#endif
 	struct event *ev = events.ringbuf_reserve(sizeof(struct event));
 	if (!ev) {
 		count(CNT_EVENTS_LOST, 1);
@@ -108,6 +135,9 @@ static __always_inline void note_mapping(struct dir_stats *d, struct mptcp_opt *
 static __always_inline struct conn_stats *conn_of(struct subflow_stats *s, struct flow_key *k,
 						  union zero_record *zero, __u32 token_gen)
 {
+#ifdef BENCH_SKIP_CONN
+	return 0;
+#endif
 	if (!(s->flags & SF_HAVE_TOKEN)) {
 		if (s->token_gen == token_gen + 1)
 			return 0;
@@ -166,9 +196,11 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 			s->flags |= SF_HAVE_TOKEN;
 			/* A retransmitted SYN (and every test run) finds it there already:
 			 * a lookup is far cheaper than an LRU insert. */
+#ifndef BENCH_SKIP_TOKEN_MAP
 			__u32 *old = subflow_token.lookup(k);
 			if (!old || *old != tok)
 				subflow_token.update(k, &tok);
+#endif
 		} else {
 			s->remote_token = m->word;
 			s->flags |= SF_HAVE_REMOTE_TOKEN;
@@ -258,7 +290,12 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 	struct subflow_stats *s = subflows.lookup_or_try_init(&k, &zero->subflow);
 	if (!s)
 		return;
+	BENCH_STAGE(STAGE_SUBFLOW, s);
+#ifdef BENCH_SKIP_TIME
+	__u64 now = 1;
+#else
 	__u64 now = bpf_ktime_get_coarse_ns();
+#endif
 	if (!s->first_ns)
 		s->first_ns = now;
 	s->last_ns = now;
@@ -266,6 +303,7 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 	add_dir(&s->dir[dir & 1], segs, pi->payload);
 	if (dir == DIR_INGRESS)
 		note_syn_request_csum(s, pi, s->flags);
+	BENCH_STAGE(STAGE_SF_STATS, s);
 
 	struct conn_stats *c = conn_of(s, &k, zero, token_gen);
 	if (c) {
@@ -287,6 +325,7 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 		if ((s->flags & SF_CHECKSUM) && !(c->flags & SF_CHECKSUM))
 			c->flags |= SF_CHECKSUM; /* the only bit: a racing writer sets the same */
 	}
+	BENCH_STAGE(STAGE_CONN, c);
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < MAX_DECODED_OPTS; i++) {
 		if (i >= r->nopts)
@@ -303,9 +342,13 @@ static __always_inline struct decode_result *result_slot(int *export, __u32 *tok
 	struct config *cfg = config.lookup(&zero);
 	*export = cfg && cfg->export_decode;
 	*token_gen = cfg ? cfg->token_gen : 0;
+	/* Two call sites, each naming one map, so the verifier inlines both lookups. Written as
+	 * `export ? out : scratch`, clang may make it one call with the map chosen at run time,
+	 * which the verifier leaves as a helper call (~20 ns in bench builds that stop early). */
+	struct decode_result *r = decode_scratch.lookup(&zero);
 	if (*export)
-		return decode_out.lookup(&zero);
-	return decode_scratch.lookup(&zero);
+		r = decode_out.lookup(&zero);
+	return r;
 }
 
 static __always_inline void export_header(struct decode_result *r, struct pkt_info *pi)
@@ -351,6 +394,7 @@ static __always_inline void handle(void *data, void *data_end, __u32 dir, __u32 
 	struct decode_result *r = result_slot(&export, &token_gen);
 	if (!r)
 		return;
+	BENCH_STAGE(STAGE_CONFIG, r);
 	if (export) {
 		r->parsed = 0;
 		r->malformed = 0;
@@ -369,6 +413,7 @@ static __always_inline void handle(void *data, void *data_end, __u32 dir, __u32 
 		return;
 	}
 	count(CNT_TCP, 1);
+	BENCH_STAGE(STAGE_PARSE, &pi);
 	if (export)
 		export_header(r, &pi);
 	/* TCP options come in 4-byte words: 4..40 bytes, or none. */
@@ -399,6 +444,7 @@ static __always_inline void handle(void *data, void *data_end, __u32 dir, __u32 
 		emit(EV_MALFORMED, dir, ifindex, &pi, &k, 0);
 		return;
 	}
+	BENCH_STAGE(STAGE_WALK, r);
 	if (r->nopts == 0)
 		return;
 	count(CNT_MPTCP, 1);

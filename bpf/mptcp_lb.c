@@ -60,6 +60,22 @@
 /* Room for the outer headers of the next-hop template: Ethernet + IPv6, 8-byte multiple. */
 #define HOP_HDR_LEN 56
 
+/* Bench builds only (bench/lb.py --breakdown), never set otherwise: -DLB_BENCH_STOP=n ends the
+ * program after stage n with XDP_TX and the frame as it came, so each stage's cost shows
+ * against the whole program in one test-run session. */
+#define LB_STAGE_PARSE 1 /* counters, config, Ethernet .. TCP to VIP:port */
+#define LB_STAGE_SCAN 2  /* the option walk */
+#define LB_STAGE_STEER 3 /* the backend: token table, Maglev table or connection table */
+#ifdef LB_BENCH_STOP
+#define LB_STAGE(n)                                                                                \
+	do {                                                                                       \
+		if (LB_BENCH_STOP <= (n))                                                          \
+			return XDP_TX;                                                             \
+	} while (0)
+#else
+#define LB_STAGE(n)
+#endif
+
 /* lb_config: one struct lb_config (VIP, outer source, flags, next-hop generation). Written by
  * the controller at `lb up` and every second (hop_gen); read by XDP on every packet. */
 BPF_ARRAY(lb_config, struct lb_config, 1);
@@ -646,6 +662,7 @@ int mptcp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	lb_count(st, LB_CNT_VIP);
+	LB_STAGE(LB_STAGE_PARSE);
 
 	__u32 flags = cfg->flags;
 	if (flags & LB_F_ENFORCE_HMAC) {
@@ -670,6 +687,7 @@ int mptcp_lb(struct xdp_md *ctx)
 		f->mpc = OPT_NONE;
 		f->addr = OPT_NONE;
 	}
+	LB_STAGE(LB_STAGE_SCAN);
 
 	LB_KEY key = {};
 	__builtin_memcpy(&key.saddr, p.saddr, sizeof(key.saddr));
@@ -728,6 +746,7 @@ int mptcp_lb(struct xdp_md *ctx)
 		}
 		lb_conns.update(&key, &want);
 	}
+	LB_STAGE(LB_STAGE_STEER);
 
 	/* Tell the controller what it needs: the keys (once per flow) and ADD_ADDRs. */
 	__u32 mpc = f->mpc, addr = f->addr;
