@@ -73,6 +73,24 @@ static __always_inline void emit(__u32 type, __u32 dir, __u32 ifindex, struct pk
 	events.ringbuf_submit(ev, 0);
 }
 
+/* CLOCK_MONOTONIC at tick resolution, for first_ns/last_ns. bpf_ktime_get_coarse_ns() only
+ * moves at a tick, but it is a helper call (~20 ns under test-run on an SRSO-mitigated host),
+ * while bpf_jiffies64() is inlined: so the clock is read once per jiffy per CPU. A reader that
+ * sees jiffies move just before the clock does keeps that jiffy's value one tick behind. */
+static __always_inline __u64 coarse_now(void)
+{
+	__u32 zero = 0;
+	struct clock_cache *cc = clock_cache.lookup(&zero);
+	if (!cc)
+		return bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
+	if (cc->jiffies != j || !cc->ns) {
+		cc->ns = bpf_ktime_get_coarse_ns();
+		cc->jiffies = j;
+	}
+	return cc->ns;
+}
+
 /* The subflow as this host sees it: ingress packets come from the remote end. */
 static __always_inline void make_key(struct flow_key *k, struct pkt_info *pi, __u32 dir)
 {
@@ -294,7 +312,7 @@ static __always_inline void account(struct decode_result *r, struct pkt_info *pi
 #ifdef BENCH_SKIP_TIME
 	__u64 now = 1;
 #else
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_now();
 #endif
 	if (!s->first_ns)
 		s->first_ns = now;

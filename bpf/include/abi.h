@@ -153,7 +153,7 @@ struct subflow_stats {
 	__u64 opts[MPTCP_SUB_SLOTS]; /* MPTCP options seen, by subtype, both directions */
 	__u64 local_key;             /* from MP_CAPABLE */
 	__u64 remote_key;
-	__u64 first_ns; /* bpf_ktime_get_ns() of first and last packet */
+	__u64 first_ns; /* CLOCK_MONOTONIC ns, tick resolution, of first and last packet */
 	__u64 last_ns;
 	__u32 token; /* local connection token (ss -M), see SF_HAVE_TOKEN */
 	__u32 remote_token;

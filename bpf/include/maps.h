@@ -59,6 +59,14 @@ union zero_record {
 };
 BPF_ARRAY(zero_record, union zero_record, 1);
 
+/* clock_cache: per CPU, the coarse clock as read at the current jiffy (struct clock_cache).
+ * Written and read by XDP/tc (coarse_now()); nobody else. */
+struct clock_cache {
+	__u64 jiffies; /* bpf_jiffies64() when ns was read */
+	__u64 ns;      /* bpf_ktime_get_coarse_ns() then */
+};
+BPF_PERCPU_ARRAY(clock_cache, struct clock_cache, 1);
+
 /* dss_csum_progs: slot DSS_CSUM_PROG -> the mptcp_dss_csum XDP program, which mptcp_xdp
  * tail-calls to check DSS checksums (its own verifier budget, not the parser's). Written by
  * the controller at load (Program); pinned with the other maps, because a program array

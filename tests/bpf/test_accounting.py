@@ -107,6 +107,23 @@ def test_mp_capable_keys_land_on_the_right_side(prog):
     assert s.flags & F.SF_CHECKSUM  # flags 0x81 carry the checksum-required bit
 
 
+def test_subflow_first_and_last_seen_follow_the_monotonic_clock(prog):
+    """status shows age and idle time from first_ns/last_ns: CLOCK_MONOTONIC at tick resolution
+    (the datapath reads the coarse clock once per jiffy), so at most a few ticks behind."""
+    import time
+
+    subflows, _, _ = maps(prog)
+    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    ingress(prog, [dss(ack=1)])
+    time.sleep(0.05)
+    ingress(prog, [dss(ack=2)])
+    t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    s = subflows.lookup(server_key())
+    tick_slack = 20_000_000  # 2 ticks at HZ=100, plus the coarse clock's own tick
+    assert t0 - tick_slack <= s.first_ns <= t0 + tick_slack
+    assert s.first_ns + 50_000_000 - tick_slack <= s.last_ns <= t1
+
+
 def test_a_dsn_below_the_highest_seen_is_a_data_level_retransmission(prog):
     subflows, _, _ = maps(prog)
     for dsn in (1000, 2000, 1000, 3000, 2500):
