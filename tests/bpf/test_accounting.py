@@ -74,6 +74,18 @@ def test_incoming_join_syn_names_the_connection_and_later_bytes_add_up_there(pro
     assert subflows.lookup(k).dir[abi.Direction.DIR_INGRESS].bytes == 1000
 
 
+def test_a_join_syn_with_a_new_token_on_a_known_subflow_replaces_the_old_one(prog):
+    """Retransmitted join SYNs skip the subflow_token lookup; a new token still gets there."""
+    subflows, tokens, _ = maps(prog)
+    k = server_key()
+    for _ in range(3):
+        ingress(prog, [join_syn(0, 2, 0x1111AAAA, 5)], flags="S")
+    assert tokens.lookup(k).value == 0x1111AAAA
+    ingress(prog, [join_syn(0, 2, 0x2222BBBB, 6)], flags="S")
+    assert tokens.lookup(k).value == 0x2222BBBB
+    assert subflows.lookup(k).token == 0x2222BBBB
+
+
 def test_a_token_the_controller_writes_is_used_once_it_bumps_token_gen(prog):
     subflows, tokens, conns = maps(prog)
     seg = [dss(ack=5, dsn=100, dlen=100)]
