@@ -170,6 +170,14 @@ static __always_inline struct conn_stats *conn_of(struct subflow_stats *s, struc
 	return conns.lookup_or_try_init(&token, &zero->conn);
 }
 
+/* 1 if the packet being handled is an incoming SYN seen before (note_syn_request_csum()). */
+static __always_inline __u32 syn_again(void)
+{
+	__u32 zero = 0;
+	struct pkt_notes *n = pkt_notes.lookup(&zero);
+	return n ? n->syn_again : 0;
+}
+
 /* One well-formed MPTCP option of a segment, into its subflow (and connection, if known). */
 static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stats *s,
 					struct conn_stats *c, struct flow_key *k,
@@ -208,18 +216,23 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 		if (!(m->present & HAS_WORD))
 			break;
 		/* SYN: the token names the receiver's connection. */
+		ev = EV_JOIN_SYN;
 		if (dir == DIR_INGRESS) {
 			__u32 tok = m->word;
 			/* A retransmitted SYN (and every test run) finds its token on the subflow
 			 * already, which put it in subflow_token too: no lookup (~35 ns). Else a
 			 * lookup first, which is far cheaper than an LRU insert. */
-#ifndef BENCH_SKIP_TOKEN_MAP
 			if (!(s->flags & SF_HAVE_TOKEN) || s->token != tok) {
+#ifndef BENCH_SKIP_TOKEN_MAP
 				__u32 *old = subflow_token.lookup(k);
 				if (!old || *old != tok)
 					subflow_token.update(k, &tok);
-			}
 #endif
+			} else if (syn_again()) {
+				/* The same SYN again (same ISN, same token): its event was raised.
+				 */
+				ev = 0;
+			}
 			s->token = tok;
 			s->flags |= SF_HAVE_TOKEN;
 		} else {
@@ -228,7 +241,6 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 		}
 		if (m->flags & 1)
 			s->flags |= SF_BACKUP;
-		ev = EV_JOIN_SYN;
 		break;
 	case MPTCP_SUB_DSS:
 		if (m->present & HAS_KEY_B)
@@ -272,11 +284,12 @@ static __always_inline void account_opt(struct mptcp_opt *m, struct subflow_stat
 
 /* An incoming SYN gives the peer's ISN, which DSS checksums need (absolute sequence numbers of
  * mappings); it is stored here rather than in the DSS checksum program, which saves SYNs a
- * tail call, a re-parse and a second subflow lookup. Incoming data on a subflow that uses
- * checksums (with the flags as they stood before this packet) asks mptcp_xdp to tail-call
- * the DSS checksum program. Both without a branch, the request left in a per-CPU map: a branch
- * here refines values that stay live through the option loop, and the verifier then walks
- * the loop once per outcome (+190,000 to +310,000 instructions verified). */
+ * tail call, a re-parse and a second subflow lookup. A SYN carrying the ISN already held is a
+ * retransmission (pkt_notes.syn_again). Incoming data on a subflow that uses checksums (with
+ * the flags as they stood before this packet) asks mptcp_xdp to tail-call the DSS checksum
+ * program. All without a branch, the notes left in a per-CPU map: a branch here refines
+ * values that stay live through the option loop, and the verifier then walks the loop once
+ * per outcome (+190,000 to +310,000 instructions verified). */
 static __always_inline void note_syn_request_csum(struct subflow_stats *s, struct pkt_info *pi,
 						  __u32 sf_flags)
 {
@@ -285,16 +298,23 @@ static __always_inline void note_syn_request_csum(struct subflow_stats *s, struc
 		       "shifts and masks below");
 	__u32 syn = (pi->tcp_flags & TCP_FLAG_SYN) >> 1;
 	__u32 keep = syn - 1; /* all ones unless this is a SYN */
+	/* 0 iff the ISN held is this segment's sequence number; the barrier keeps clang from
+	 * turning the test below into a compare, which is a branch in BPF. */
+	__u64 isn_diff = s->peer_isn ^ pi->seq;
+	asm volatile("" : "+r"(isn_diff));
+	__u32 same_isn = (isn_diff - 1) >> 63;
+	__u32 had_isn = (sf_flags & SF_HAVE_PEER_ISN) >> 7;
 	s->peer_isn = (s->peer_isn & keep) | (pi->seq & ~keep);
 	s->flags |= syn << 7;
 	s->csum.state &= keep;
 	__u32 zero = 0;
-	__u32 *pending = csum_pending.lookup(&zero);
-	if (!pending)
+	struct pkt_notes *n = pkt_notes.lookup(&zero);
+	if (!n)
 		return;
+	n->syn_again = syn & had_isn & same_isn;
 	__u32 has_data = (pi->payload + 0xffff) >> 16; /* payload is 16 bits: 1 unless it is 0 */
 	__u32 csum_on = (sf_flags & SF_CHECKSUM) >> 6;
-	*pending = has_data & csum_on & (keep & 1);
+	n->csum_pending = has_data & csum_on & (keep & 1);
 }
 
 /* Per-subflow and per-connection accounting of a well-formed segment with MPTCP options.
@@ -478,9 +498,9 @@ int mptcp_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	handle(data, data_end, DIR_INGRESS, 1, ctx->ingress_ifindex);
 	__u32 zero = 0;
-	__u32 *pending = csum_pending.lookup(&zero);
-	if (pending && *pending) {
-		*pending = 0;
+	struct pkt_notes *n = pkt_notes.lookup(&zero);
+	if (n && n->csum_pending) {
+		n->csum_pending = 0;
 		dss_csum_progs.call(ctx, DSS_CSUM_PROG); /* returns only if the slot is empty */
 	}
 	return XDP_PASS;

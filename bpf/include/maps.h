@@ -74,9 +74,14 @@ BPF_PERCPU_ARRAY(clock_cache, struct clock_cache, 1);
 #define DSS_CSUM_PROG 0
 BPF_PROG_ARRAY(dss_csum_progs, 1);
 
-/* csum_pending: per CPU, 1 while the packet being handled should go on to mptcp_dss_csum.
- * Written by XDP (account() sets, mptcp_xdp clears before the tail call); nobody else. */
-BPF_PERCPU_ARRAY(csum_pending, __u32, 1);
+/* pkt_notes: per CPU, what account() noted of the packet being handled for later steps (in a
+ * map, not registers: docs/datapath.md, "What the verifier made us do"). Written by XDP
+ * (note_syn_request_csum(); mptcp_xdp clears csum_pending before the tail call); nobody else. */
+struct pkt_notes {
+	__u32 csum_pending; /* 1: go on to mptcp_dss_csum */
+	__u32 syn_again;    /* 1: an incoming SYN with the ISN its subflow held: a retransmission */
+};
+BPF_PERCPU_ARRAY(pkt_notes, struct pkt_notes, 1);
 
 /* csum_scratch: per CPU, payload bytes copied out of the packet for summing (struct
  * csum_buf, include/csum.h). Written and read by mptcp_dss_csum within one packet. */

@@ -178,6 +178,28 @@ def test_events_reach_the_ring_buffer(prog):
     assert seen[1][3] == K1
 
 
+def test_a_retransmitted_join_syn_raises_no_second_event(prog):
+    """The same SYN again (same 4-tuple, ISN and token) repeats what its first copy reported;
+    a new SYN on the 4-tuple (another ISN) is reported, and counted like any SYN either way."""
+    seen = []
+    prog.bpf[b"events"].open_ring_buffer(
+        lambda _c, data, _s: seen.append(ctypes.cast(data, ctypes.POINTER(abi.Event)).contents
+                                         .opt.nonce))
+
+    def syn(isn, nonce):
+        t = tcp([join_syn(0, 3, 0xFEEDBEEF, nonce)], flags="S", sport=CPORT, dport=SPORT)
+        t.seq = isn
+        assert prog.run_xdp(bytes(Ether(**MAC) / IP(src=CLIENT, dst=SERVER) / t))[0] == 2
+
+    for isn, nonce in ((1000, 1), (1000, 1), (1000, 1), (5000, 2), (5000, 2)):
+        syn(isn, nonce)
+    prog.bpf.ring_buffer_consume()
+    assert seen == [1, 2]
+    subflows, _, _ = maps(prog)
+    s = subflows.lookup(server_key())
+    assert s.opts[abi.Subtype.MP_JOIN] == 5 and s.dir[abi.Direction.DIR_INGRESS].packets == 5
+
+
 def test_a_flood_of_new_subflows_cannot_grow_the_map(prog):
     subflows, _, _ = maps(prog)
     for i in range(2000):
