@@ -113,14 +113,15 @@ def build_frames() -> dict[str, tuple[bytes, set[int]]]:
 
 
 class Baseline:
-    """bench/baseline_xdp.c compiled with BCC: one per-CPU counter increment, XDP_PASS."""
+    """bench/baseline_xdp.c compiled with BCC: one per-CPU counter increment, XDP_PASS
+    (count_pass), or that and one LRU hash hit (count_lookup_pass)."""
 
-    def __init__(self):
+    def __init__(self, function: str = "count_pass"):
         from bcc import BPF
 
         try:
             self.bpf = BPF(src_file=str(BASELINE_SOURCE).encode())
-            self.fn = self.bpf.load_func(b"count_pass", BPF.XDP)
+            self.fn = self.bpf.load_func(function.encode(), BPF.XDP)
         except Exception as e:  # BCC raises bare Exception for compile and verifier errors
             raise DatapathError(f"loading {BASELINE_SOURCE.name} failed: {e}") from e
 
@@ -231,6 +232,8 @@ def measure(prog: Program, base: Baseline, frames, repeat: int, samples: int,
 # The packets whose cost is taken apart.
 BREAKDOWN_PACKETS = ("DSS data-ack", "MP_JOIN SYN")
 FULL = "+ options into the subflow, counters, events (full)"
+# Not the datapath: the baseline plus one LRU hash hit, the least any per-subflow state costs.
+ONE_LOOKUP = "baseline + one LRU hash hit (reference)"
 # Builds that stop after each stage in turn (each row adds one stage to the one above it), then
 # the full program, then the full program with one piece left out (bpf/mptcp_datapath.c).
 STAGES = [
@@ -259,6 +262,7 @@ def breakdown(base: Baseline, frames, repeat: int, samples: int, console) -> dic
     builds = {}
     try:
         with console.status("compiling the bench builds") as st:
+            builds[ONE_LOOKUP] = Baseline("count_lookup_pass")
             for label, cflags in STAGES + SKIPS:
                 st.update(f"compiling: {label}")
                 builds[label] = Program(cflags=cflags)
@@ -274,7 +278,10 @@ def breakdown(base: Baseline, frames, repeat: int, samples: int, console) -> dic
     for pkt, series in got.items():
         b = series["baseline"].median
         full = series[FULL].median
-        rows, prev = [], b
+        ns = series[ONE_LOOKUP].median
+        rows = [{"build": ONE_LOOKUP, "ns": ns, "ratio": round(ns / max(b, 1), 2),
+                 "adds_ns": ns - b, "samples": series[ONE_LOOKUP].samples}]
+        prev = b
         for label, _ in STAGES:
             ns = series[label].median
             rows.append({"build": label, "ns": ns, "ratio": round(ns / max(b, 1), 2),
