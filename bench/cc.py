@@ -419,8 +419,10 @@ def render(results: dict):
     from rich.table import Table
 
     ns = results["n_values"]
+    reps = results.get("repeat", 1)
     t1 = Table(title=f"Shared {LINK_MBIT} Mbit/s bottleneck: MPTCP share of goodput "
-                     f"(total / link) vs one Reno TCP, {results['measure_seconds']:.0f} s runs")
+                     f"(total / link) vs one Reno TCP, {results['measure_seconds']:.0f} s runs"
+                     + (f", median [range] of {reps}" if reps > 1 else ""))
     t1.add_column("cc")
     for n in ns:
         t1.add_column(f"N={n}", justify="right")
@@ -435,8 +437,10 @@ def render(results: dict):
             lo, hi = GOAL_SHARE
             colour = "green" if lo <= r["share"] <= hi else "yellow"
             sub = "" if set(r["subflows_status"] + r["subflows_ss"]) == {n} else " [red]sf?[/]"
-            cells.append(f"[{colour}]{r['share']:.2f}[/] ({r['total_mbit'] / LINK_MBIT:.0%})"
-                         f"{sub}")
+            spread = (f" [{min(r['share_runs']):.2f}-{max(r['share_runs']):.2f}]"
+                      if len(r.get("share_runs", [])) > 1 else "")
+            cells.append(f"[{colour}]{r['share']:.2f}[/]{spread} "
+                         f"({r['total_mbit'] / LINK_MBIT:.0%}){sub}")
         g = results["goals"]["shared"][algo]
         cells.append(("[green]met[/] " if g["met"] else "[red]missed[/] ") + g["why"])
         t1.add_row(algo, *cells)
@@ -523,24 +527,40 @@ def bench(quick: bool, parts: tuple[str, ...], console, override: dict | None = 
     return results
 
 
+def median_run(rounds: list[dict]) -> dict:
+    """Of repeated runs of one (algo, N): the run with the median share, with every run's share
+    in "share_runs"; a failed run fails the cell."""
+    bad = [r for r in rounds if "error" in r]
+    if bad:
+        return bad[0]
+    ordered = sorted(rounds, key=lambda r: r["share"])
+    return dict(ordered[(len(ordered) - 1) // 2], share_runs=[r["share"] for r in rounds])
+
+
 def _bench_shared(prof: dict, results: dict, console) -> None:
-    skip, measure = prof["skip"], prof["measure"]
+    skip, measure, repeat = prof["skip"], prof["measure"], prof.get("repeat", 1)
+    results["repeat"] = repeat
     nets = Namespaces()
+    rounds: dict[tuple[str, int], list[dict]] = {}
     try:
         topo = build_shared(nets)
+        # Rounds outermost: the machine's noise drifts, so each round sees every cell once.
+        for rnd in range(repeat):
+            for algo in prof["algos"]:
+                for n in prof["ns"]:
+                    try:
+                        r = run_flows(topo, algo, [f"m{i}" for i in range(n)], 1, skip,
+                                      measure, nets)
+                    except (BenchError, subprocess.SubprocessError, ValueError, OSError) as e:
+                        r = {"error": str(e)}
+                    rounds.setdefault((algo, n), []).append(r)
+                    tag = f" round {rnd + 1}/{repeat}" if repeat > 1 else ""
+                    console.print(f"shared {algo:9} N={n}{tag}: " + (
+                        f"share {r['share']:.3f} total {r['total_mbit']:.2f} Mbit/s "
+                        f"subflows {r['subflows_status']}/{r['subflows_ss']} drops {r['drops']}"
+                        if "error" not in r else f"[red]{r['error']}[/]"))
         for algo in prof["algos"]:
-            runs: dict[str, dict] = {}
-            for n in prof["ns"]:
-                try:
-                    r = run_flows(topo, algo, [f"m{i}" for i in range(n)], 1, skip, measure,
-                                  nets)
-                except (BenchError, subprocess.SubprocessError, ValueError, OSError) as e:
-                    r = {"error": str(e)}
-                runs[str(n)] = r
-                console.print(f"shared {algo:9} N={n}: " + (
-                    f"share {r['share']:.3f} total {r['total_mbit']:.2f} Mbit/s "
-                    f"subflows {r['subflows_status']}/{r['subflows_ss']} drops {r['drops']}"
-                    if "error" not in r else f"[red]{r['error']}[/]"))
+            runs = {str(n): median_run(rounds[algo, n]) for n in prof["ns"]}
             results["shared"][algo] = runs
             results["goals"]["shared"][algo] = shared_goals(
                 algo, {int(k): v for k, v in runs.items()})
@@ -596,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", help="comma-separated subflow counts (default: the profile's)")
     ap.add_argument("--algo", help="comma-separated algorithms (default: the profile's)")
     ap.add_argument("--seconds", type=float, help="measured seconds per run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per shared-bottleneck cell, interleaved; the median counts")
     args = ap.parse_args(argv)
     finally_on_sigterm()
     override: dict = {}
@@ -616,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.seconds:
         override["measure"] = args.seconds
+    if args.repeat != 1:
+        if not 1 <= args.repeat <= 20:
+            print("--repeat takes 1 to 20 runs", file=sys.stderr)
+            return 2
+        override["repeat"] = args.repeat
     if os.geteuid() != 0:
         print("bench.cc needs root (network namespaces, BPF)", file=sys.stderr)
         return 1
