@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import (
+    RTM_DELROUTE,
+    RTM_NEWROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
@@ -18,10 +21,13 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.rtmsg import nh, rtmsg
 
 from .errors import MptcpctlError
 from .model import LocalAddr
 from .netns import entered
+
+log = logging.getLogger("mptcpctl")
 
 # the multicast groups we listen to: links, addresses and routes of both families
 GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
@@ -46,11 +52,46 @@ KINDS = ("addr_added", "addr_removed", "link_up", "link_down", "route_added", "r
          "link_added", "link_removed", "overrun")
 
 
+def _without_encap(nla_map) -> tuple:
+    return tuple(("RTA_ENCAP", "hex") if nla[0] == "RTA_ENCAP" else nla for nla in nla_map)
+
+
+class nexthop(nh):
+    """A multipath route's nexthop, RTA_ENCAP left undecoded (see route_msg)."""
+
+    nla_map = _without_encap(nh.nla_map)
+
+
+class route_msg(rtmsg):
+    """rtmsg with RTA_ENCAP left undecoded. Without an RTA_ENCAP_TYPE before it, pyroute2's
+    encap_info looks for one by stepping over unpadded attribute lengths, and loops forever
+    once it steps onto padding (an RTA_ENCAP, then a u8 attribute). We need no encapsulation."""
+
+    nla_map = _without_encap(rtmsg.nla_map)
+
+    @staticmethod
+    def get_nh(self, *argv, **kwarg):
+        return nexthop
+
+
+# pyroute2 compiles a class's attribute table on first use, and a subclass created after its
+# parent's was compiled would inherit the parent's: compile ours now.
+for _cls in (nexthop, route_msg):
+    _cls().compile_nla_table()
+
+
+class EventMarshal(MarshalRtnl):
+    """pyroute2's rtnetlink marshal, with routes decoded as route_msg."""
+
+    msg_map = {**MarshalRtnl.msg_map, RTM_NEWROUTE: route_msg, RTM_DELROUTE: route_msg}
+
+
 @dataclass(frozen=True)
 class NetChange:
     """One decoded rtnetlink event. `addr`: the address (addr events) or "prefix/len" or
     "default" (route events); None for link events. `family`: 4, 6, or None for links.
-    kind "overrun": the kernel dropped events (socket buffer full); take a new snapshot()."""
+    kind "overrun": events were lost (the socket buffer was full, or a message could not be
+    decoded); take a new snapshot()."""
 
     kind: str
     ifname: str | None
@@ -69,15 +110,28 @@ def link_is_up(msg) -> bool:
     return oper in OPER_USABLE
 
 
+def ifname_of(msg) -> str | None:
+    """A link's IFLA_IFNAME; None if missing or undecodable (pyroute2 then hands back bytes)."""
+    name = msg.get_attr("IFLA_IFNAME")
+    return name if isinstance(name, str) else None
+
+
 def addr_flags(msg) -> int:
     """IFA_FLAGS (32 bits) when present, else the 8-bit header flags."""
     flags = msg.get_attr("IFA_FLAGS")
-    return msg["flags"] if flags is None else flags
+    return flags if isinstance(flags, int) else msg["flags"]
 
 
 def addr_of(msg) -> str | None:
-    """The local address of an ifaddrmsg (IFA_LOCAL on point-to-point links, else IFA_ADDRESS)."""
-    return msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    """The local address of an ifaddrmsg (IFA_LOCAL on point-to-point links, else IFA_ADDRESS);
+    None if missing or not an address of the message's family (pyroute2 hands back the bytes
+    of an attribute it cannot decode)."""
+    addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    try:
+        ip = ipaddress.ip_address(addr) if isinstance(addr, str) else None
+    except ValueError:
+        return None
+    return str(ip) if ip is not None and ip.version == FAMILIES.get(msg["family"]) else None
 
 
 def addr_is_usable(msg) -> bool:
@@ -103,9 +157,12 @@ def table_of(msg) -> int:
 def route_oifs(msg) -> list[int]:
     """Output interfaces of a route: RTA_OIF, or each nexthop's of a multipath route."""
     oif = msg.get_attr("RTA_OIF")
-    if oif:
+    if isinstance(oif, int) and oif:   # (an empty one decodes as bytes)
         return [oif]
-    return [hop["oif"] for hop in (msg.get_attr("RTA_MULTIPATH") or []) if hop.get("oif")]
+    hops = msg.get_attr("RTA_MULTIPATH")
+    if not isinstance(hops, list):
+        return []  # none, or the bytes of one pyroute2 could not decode
+    return [hop["oif"] for hop in hops if hop.get("oif")]
 
 
 def route_dst(msg) -> str:
@@ -126,7 +183,10 @@ def rule_covers(rule, addr: str) -> bool:
     src = rule.get_attr("FRA_SRC")
     if src is None or rule["src_len"] == 0:
         return True
-    net = ipaddress.ip_network(f"{src}/{rule['src_len']}", strict=False)
+    try:
+        net = ipaddress.ip_network(f"{src}/{rule['src_len']}", strict=False)
+    except ValueError:
+        return False   # not a prefix (undecodable, or longer than the address)
     return ipaddress.ip_address(addr) in net
 
 
@@ -156,7 +216,7 @@ class NetMonitor:
         self.netns = netns
         self.ifaces = None if ifaces is None else set(ifaces)
         self.exclude = set(exclude)
-        self.marshal = MarshalRtnl()
+        self.marshal = EventMarshal()
         # both sockets are created in the namespace and stay bound to it
         with entered(netns):
             # events: a plain non-blocking netlink socket, decoded with pyroute2's marshal, so
@@ -187,7 +247,7 @@ class NetMonitor:
     def _load_links(self) -> None:
         self.links = {}
         for msg in self.ipr.get_links():
-            self.links[msg["index"]] = (msg.get_attr("IFLA_IFNAME"), link_is_up(msg))
+            self.links[msg["index"]] = (ifname_of(msg), link_is_up(msg))
 
     def fileno(self) -> int:
         return self.events.fileno()
@@ -215,8 +275,9 @@ class NetMonitor:
         selected_only=False), for attaching the datapath to interfaces as they come up."""
         out = []
         for msg in self.ipr.get_links():
-            name = msg.get_attr("IFLA_IFNAME")
-            if msg["flags"] & IFF_LOOPBACK or (selected_only and not self.selected(name)):
+            name = ifname_of(msg)
+            if (name is None or msg["flags"] & IFF_LOOPBACK
+                    or (selected_only and not self.selected(name))):
                 continue
             out.append((name, msg["index"], link_is_up(msg)))
         return out
@@ -236,7 +297,7 @@ class NetMonitor:
             link = links.get(msg["index"])
             if link is None or link["flags"] & IFF_LOOPBACK or not link_is_up(link):
                 continue
-            ifname = link.get_attr("IFLA_IFNAME")
+            ifname = ifname_of(link)
             if not self.selected(ifname) or not addr_is_usable(msg):
                 continue
             addr = str(ipaddress.ip_address(addr_of(msg)))
@@ -264,9 +325,31 @@ class NetMonitor:
                 continue
             if not data:
                 break
-            for msg in self.marshal.parse(data):
-                changes.extend(self.decode(msg))
+            changes.extend(self.decode_buffer(data))
         return changes
+
+    def decode_buffer(self, data: bytes) -> list[NetChange]:
+        """The changes in one buffer read from the events socket. A buffer or a message that
+        cannot be decoded is logged and skipped, and reported as an "overrun" (a lost event:
+        the caller takes a new snapshot)."""
+        try:
+            msgs = list(self.marshal.parse(data))
+        except Exception as exc:  # a malformed buffer must not kill the monitor
+            log.warning("rtnetlink monitor: undecodable buffer (%d bytes): %s", len(data), exc)
+            return [NetChange("overrun", None, 0)]
+        changes: list[NetChange] = []
+        lost = False
+        for msg in msgs:
+            error = msg["header"].get("error")   # pyroute2's, for a message it gave up on
+            if error is None:
+                try:
+                    changes.extend(self.decode(msg))
+                except Exception as exc:  # one bad message must not cost the others
+                    error = exc
+            if error is not None:
+                log.warning("rtnetlink monitor: undecodable %s: %s", msg.get("event"), error)
+                lost = True
+        return changes + ([NetChange("overrun", None, 0)] if lost else [])
 
     def decode(self, msg) -> list[NetChange]:
         """The changes one rtnetlink message means (and update the link table)."""
@@ -295,7 +378,7 @@ class NetMonitor:
 
     def _decode_link(self, msg, event: str) -> list[NetChange]:
         index = msg["index"]
-        name = msg.get_attr("IFLA_IFNAME") or self._name(index)
+        name = ifname_of(msg) or self._name(index)
         if event == "RTM_DELLINK":
             self.links.pop(index, None)
             return [NetChange("link_removed", name, index)]

@@ -1,0 +1,308 @@
+"""Property tests (hypothesis) of the other parsers of outside input: rtnetlink messages (netmon,
+mutated recordings and random bytes), `ss -MtinmH` output (diag, health), the MPTcpExt MIB,
+capture files (pcap, and `mptcpctl decode` on them), the state files `down` reads back, and
+address:port values. Each yields well-typed results, skips what it cannot use, or raises our
+BadInput with one line; nothing else. Concrete inputs that once crashed are kept as examples."""
+
+import ipaddress
+import struct
+import threading
+from pathlib import Path
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from controller import netmon
+from controller.model import LocalAddr
+from controller.netmon import NetChange, NetMonitor
+
+# Deterministic: the same examples on every run and machine, no example database.
+PROPS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.function_scoped_fixture])
+U32 = 2**32
+
+
+def one_line(e: Exception) -> bool:
+    return bool(str(e).strip()) and "\n" not in str(e).strip()
+
+
+# --- rtnetlink: controller/netmon.py --------------------------------------------------------------
+
+RTNL_DIR = Path(__file__).resolve().parent.parent / "data" / "rtnl_events"
+RECORDED = {p.stem: p.read_bytes() for p in sorted(RTNL_DIR.glob("*.bin"))}
+NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
+# Fixed header after the nlmsghdr, by message type: ifinfmsg, ifaddrmsg, rtmsg, fib_rule_hdr.
+FIXED = {16: 16, 17: 16, 20: 8, 21: 8, 24: 12, 25: 12, 32: 12}
+RTM_TYPES = (16, 17, 20, 21, 24, 25, 32)
+RTNL_MUTATIONS = ("drop", "extra", "retype", "resize", "duplicate", "nested", "fixed", "type",
+                  "flip", "nlmsg_len")
+
+
+def split_rtnl(data: bytes):
+    """(nlmsghdr fields, fixed header, [(nla type with flags, payload)]) of one message."""
+    hdr = list(NLMSG_HDR.unpack_from(data))
+    fixed_len = FIXED[hdr[1]]
+    fixed, at, attrs = data[16 : 16 + fixed_len], 16 + fixed_len, []
+    while at + 4 <= hdr[0]:
+        nla_len, nla_type = struct.unpack_from("=HH", data, at)
+        attrs.append((nla_type, data[at + 4 : at + nla_len]))
+        at += (nla_len + 3) & ~3
+    return hdr, fixed, attrs
+
+
+def join_rtnl(hdr, fixed: bytes, attrs, fix_len: bool = True) -> bytes:
+    body = fixed
+    for nla_type, payload in attrs:
+        nla = struct.pack("=HH", 4 + len(payload), nla_type) + payload
+        body += nla + bytes(-len(nla) % 4)
+    length = 16 + len(body) if fix_len else hdr[0]
+    return NLMSG_HDR.pack(length, *hdr[1:]) + body
+
+
+def test_recorded_rtnetlink_messages_survive_being_taken_apart_and_rebuilt():
+    assert len(RECORDED) > 40
+    for data in RECORDED.values():
+        hdr, fixed, attrs = split_rtnl(data)
+        assert join_rtnl(hdr, fixed, attrs) == data
+
+
+def flip(data: bytes, at: int, mask: int) -> bytes:
+    b = bytearray(data)
+    b[at % len(b)] ^= mask
+    return bytes(b)
+
+
+@st.composite
+def mutated_rtnl_buffers(draw) -> bytes:
+    """One to four recorded messages (repeated, in any order), each with attributes missing,
+    added, retyped, resized or duplicated, a nested attribute or the fixed header (family,
+    index, flags, scope, prefix length, table) changed, another message type, flipped bytes or
+    a wrong length; the whole cut short."""
+    out = b""
+    for name in draw(st.lists(st.sampled_from(sorted(RECORDED)), min_size=1, max_size=4)):
+        hdr, fixed, attrs = split_rtnl(RECORDED[name])
+        fix_len, flips = True, []
+        for op in draw(st.lists(st.sampled_from(RTNL_MUTATIONS), max_size=4)):
+            i = draw(st.integers(0, max(0, len(attrs) - 1)))
+            if op == "drop" and attrs:
+                del attrs[i]
+            elif op == "extra":
+                attrs.insert(i, (draw(st.integers(0, 70)), draw(st.binary(max_size=24))))
+            elif op == "retype" and attrs:
+                attrs[i] = (draw(st.integers(0, 70) | st.integers(0, 0xFFFF)), attrs[i][1])
+            elif op == "resize" and attrs:
+                attrs[i] = (attrs[i][0], draw(st.binary(max_size=24)))
+            elif op == "duplicate" and attrs:
+                attrs.insert(i, attrs[i])
+            elif op == "nested" and attrs and attrs[i][1]:
+                attrs[i] = (attrs[i][0], flip(attrs[i][1], draw(st.integers(0, 4095)),
+                                              draw(st.integers(1, 255))))
+            elif op == "fixed":
+                fixed = flip(fixed, draw(st.integers(0, len(fixed) - 1)),
+                             draw(st.integers(1, 255)))
+            elif op == "type":
+                hdr[1] = draw(st.sampled_from(RTM_TYPES) | st.integers(0, 0xFFFF))
+            elif op == "nlmsg_len":
+                hdr[0], fix_len = draw(st.integers(0, U32 - 1)), False
+            elif op == "flip":
+                flips.append((draw(st.integers(0, 4095)), draw(st.integers(1, 255))))
+        msg = join_rtnl(hdr, fixed, attrs, fix_len)
+        for at, mask in flips:
+            msg = flip(msg, at, mask)
+        out += msg
+    cut = draw(st.none() | st.integers(0, len(out)))
+    return out if cut is None else out[:cut]
+
+
+def monitor(links=None) -> NetMonitor:
+    """A NetMonitor without sockets: decoding needs only the link table and the marshal."""
+    mon = NetMonitor.__new__(NetMonitor)
+    mon.links = dict(links or {3: ("wifi0", True), 5: ("lte0", False)})
+    mon.marshal = netmon.EventMarshal()
+    mon.ifaces, mon.exclude = None, set()
+    return mon
+
+
+def well_formed_change(ch) -> bool:
+    if not (isinstance(ch, NetChange) and ch.kind in netmon.KINDS
+            and (ch.ifname is None or isinstance(ch.ifname, str))
+            and isinstance(ch.ifindex, int) and ch.family in (None, 4, 6)):
+        return False
+    if ch.kind.startswith("addr"):
+        return ipaddress.ip_address(ch.addr).version == ch.family
+    if ch.kind.startswith("route"):
+        return isinstance(ch.addr, str) and ch.family in (4, 6)
+    return ch.addr is None and ch.family is None
+
+
+def well_formed_links(mon) -> bool:
+    return all(isinstance(i, int) and (n is None or isinstance(n, str)) and isinstance(up, bool)
+               for i, (n, up) in mon.links.items())
+
+
+def test_recorded_rtnetlink_messages_decode_to_changes():
+    mon = monitor({})
+    changes = [c for data in RECORDED.values() for c in mon.decode_buffer(data)]
+    kinds = {c.kind for c in changes}
+    assert {"link_added", "link_up", "link_down", "link_removed", "addr_added", "addr_removed",
+            "route_added", "route_removed"} <= kinds
+    assert "overrun" not in kinds
+    assert NetChange("addr_added", "wifi0", 3, "2001:db8:1::2", 6) in changes
+
+
+def decoded_within(seconds: float, data: bytes) -> list:
+    """decode_buffer(data), failing rather than hanging when it takes longer (in a thread: a
+    SIGALRM's exception would be swallowed by pyroute2's bare `except:` in the very loop)."""
+    out = []
+    worker = threading.Thread(target=lambda: out.append(monitor().decode_buffer(data)),
+                              daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still decoding after {seconds} s"
+    return out[0]
+
+
+def with_attrs(name: str, before=(), resize=None) -> bytes:
+    """A recorded message with attributes put first, or some given other payloads."""
+    hdr, fixed, attrs = split_rtnl(RECORDED[name])
+    attrs = [(t, (resize or {}).get(t, p)) for t, p in attrs]
+    return join_rtnl(hdr, fixed, [*before, *attrs])
+
+
+# The route to 10.81.1.0/24 with an RTA_ENCAP (22) first and a u8 RTA_PREF (20) after it:
+# pyroute2's encap_info, looking for RTA_ENCAP_TYPE by unpadded lengths, stepped onto RTA_PREF's
+# padding and looped forever: NetMonitor.read() never returned, the daemon's loop hung.
+ENCAP_HANG = with_attrs("36_newroute", [(22, bytes.fromhex("0600010001000000")), (20, b"\x01")])
+# The address 10.81.1.2 with 5-byte IFA_ADDRESS and IFA_LOCAL: pyroute2 hands back their hex,
+# decode() raised ValueError from ipaddress out of read() and the daemon's loop.
+BAD_IFA_ADDRESS = with_attrs("20_newaddr", resize={1: b"\nQ\x01\x02\x00", 2: b"\nQ\x01\x02\x00"})
+# The multipath route with a 3-byte RTA_MULTIPATH: its raw bytes iterated as nexthops,
+# AttributeError ('int' object has no attribute 'get').
+BAD_MULTIPATH = with_attrs("37_newroute", resize={9: b"\x10\x00\x00"})
+# The default route with an empty RTA_OIF: pyroute2 hands back bytes, which became the
+# change's ifindex.
+EMPTY_OIF = with_attrs("36_newroute", resize={4: b""})
+# A second route cut after its header: struct.error out of pyroute2's marshal.
+CUT_SECOND = RECORDED["36_newroute"] + RECORDED["36_newroute"][:16]
+
+
+def test_a_route_with_an_encapsulation_but_no_type_does_not_hang_the_monitor():
+    changes = decoded_within(10, ENCAP_HANG)
+    assert changes == [NetChange("route_added", "wifi0", 3, "default", 4)]
+
+
+def test_a_malformed_attribute_costs_only_what_it_carried():
+    assert monitor().decode_buffer(BAD_IFA_ADDRESS) == []   # no address: nothing to add
+    assert monitor().decode_buffer(BAD_MULTIPATH) == [
+        NetChange("route_added", None, 0, "10.90.0.0/16", 4)]
+    assert monitor().decode_buffer(EMPTY_OIF) == [NetChange("route_added", None, 0, "default", 4)]
+
+
+def test_an_undecodable_buffer_is_an_overrun():
+    changes = monitor().decode_buffer(CUT_SECOND)
+    assert changes[-1] == NetChange("overrun", None, 0)
+
+
+@PROPS
+@given(mutated_rtnl_buffers())
+@example(BAD_IFA_ADDRESS)
+@example(BAD_MULTIPATH)
+@example(EMPTY_OIF)
+@example(CUT_SECOND)
+def test_mutated_rtnetlink_messages_decode_to_well_formed_changes_or_nothing(data):
+    mon = monitor()
+    changes = mon.decode_buffer(data)
+    assert all(well_formed_change(c) for c in changes), changes
+    assert well_formed_links(mon)
+
+
+@PROPS
+@given(st.binary(max_size=600))
+def test_random_bytes_never_break_the_rtnetlink_decoder(data):
+    mon = monitor()
+    assert all(well_formed_change(c) for c in mon.decode_buffer(data))
+    assert well_formed_links(mon)
+
+
+class DumpIPR:
+    """Stands in for pyroute2's IPRoute: dumps answered from parsed (mutated) messages."""
+
+    def __init__(self, msgs):
+        self.msgs = [m for m in msgs if m["header"].get("error") is None]
+
+    def _of(self, event):
+        return [m for m in self.msgs if m.get("event") == event]
+
+    def get_links(self, *_):
+        return self._of("RTM_NEWLINK")
+
+    def get_addr(self):
+        return self._of("RTM_NEWADDR")
+
+    def get_routes(self):
+        return self._of("RTM_NEWROUTE")
+
+    def get_rules(self, family):
+        return [m for m in self._of("RTM_NEWRULE") if m.get("family") == family]
+
+
+DUMPED = [name for name in sorted(RECORDED) if int(name[:2]) >= 58]  # the dumps, after events
+
+
+@st.composite
+def mutated_dumps(draw):
+    """The recorded dumps with a few of their messages mutated (and the rest kept)."""
+    out = []
+    for name in DUMPED:
+        data = RECORDED[name]
+        if draw(st.integers(0, 5)) == 0:
+            hdr, fixed, attrs = split_rtnl(data)
+            if attrs and draw(st.booleans()):
+                i = draw(st.integers(0, len(attrs) - 1))
+                attrs[i] = (attrs[i][0], draw(st.binary(max_size=20)))
+            else:
+                fixed = flip(fixed, draw(st.integers(0, len(fixed) - 1)),
+                             draw(st.integers(1, 255)))
+            data = join_rtnl(hdr, fixed, attrs)
+        out.append(data)
+    return b"".join(out)
+
+
+def test_recorded_dumps_give_the_usable_addresses():
+    mon = monitor()
+    mon.ipr = DumpIPR(MarshalRtnl().parse(b"".join(RECORDED[n] for n in DUMPED)))
+    snap = mon.snapshot()
+    assert set(snap) == {"10.81.1.2", "2001:db8:1::2"}
+    assert snap["10.81.1.2"] == LocalAddr("10.81.1.2", "wifi0", 3, 4, True)
+    assert ("wifi0", 3, True) in mon.interfaces()
+
+
+# wifi0's IFLA_IFNAME as 6 bytes that are no UTF-8 name: pyroute2 hands back bytes, which
+# became the LocalAddr's ifname (and an interface name the daemon would attach to).
+BAD_IFNAME_DUMP = b"".join(with_attrs(n, resize={3: b'E"\x15\xedR\x89'}) if n == "60_newlink"
+                           else RECORDED[n] for n in DUMPED)
+
+
+def test_a_rule_with_a_prefix_longer_than_its_address_covers_nothing():
+    """`ip rule from 10.81.2.2/200`: ip_network() raised ValueError out of snapshot()."""
+    hdr, fixed, attrs = split_rtnl(RECORDED["77_newrule"])
+    rule = next(MarshalRtnl().parse(join_rtnl(hdr, fixed[:2] + b"\xc8" + fixed[3:], attrs)))
+    assert (rule.get_attr("FRA_SRC"), rule["src_len"]) == ("10.81.2.2", 200)
+    assert netmon.rule_covers(rule, "10.81.2.2") is False
+
+
+@PROPS
+@given(mutated_dumps())
+@example(BAD_IFNAME_DUMP)
+def test_snapshot_of_mutated_dumps_is_well_formed_local_addresses(data):
+    mon = monitor()
+    mon.ipr = DumpIPR(MarshalRtnl().parse(data))
+    for key, a in mon.snapshot().items():
+        assert isinstance(a, LocalAddr) and key == a.addr
+        assert ipaddress.ip_address(a.addr).version == a.family
+        assert isinstance(a.ifname, str) and isinstance(a.ifindex, int)
+        assert isinstance(a.routable, bool)
+    for name, index, up in mon.interfaces(selected_only=False):
+        assert isinstance(name, str) and isinstance(index, int) and isinstance(up, bool)
