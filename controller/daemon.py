@@ -660,8 +660,8 @@ class Daemon:
             log.warning("could not list existing MPTCP connections: %s", e)
             return
         for c in conns:
-            if c.token in self.conns:
-                continue
+            if c.token is None or c.token in self.conns:
+                continue   # no token: nothing the path manager could address it by
             conn = Connection(token=c.token, family=c.family, local=c.local, lport=c.lport,
                               remote=c.remote, rport=c.rport, established=True,
                               server_side=bool(getattr(c, "server_side", False)))

@@ -4,6 +4,8 @@ sock_diag client) run inside it: for adopting connections after a daemon restart
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 import shutil
 import subprocess
@@ -21,8 +23,14 @@ SS_TIMEOUT = 10        # seconds
 FLAG_BACKUP_LOCAL = "b"
 FLAG_BACKUP_REMOTE = "B"
 
-TOKEN_RE = re.compile(r"token:([0-9a-f]+)\(id:(\d+)\)/([0-9a-f]+)\(id:(\d+)\)")
-RATE_RE = re.compile(r"^([0-9.]+)([KMGT]?)bps$")
+# ss prints tokens as at most 8 hex digits, ids and counters as ASCII decimals: anything else
+# is not a value of ss's (and str.isdigit() takes "²", which int() refuses)
+TOKEN_RE = re.compile(r"token:([0-9a-f]{1,8})\(id:([0-9]{1,3})\)"
+                      r"/([0-9a-f]{1,8})\(id:([0-9]{1,3})\)")
+HEX32_RE = re.compile(r"[0-9a-f]{1,8}")
+UINT_RE = re.compile(r"[0-9]+")
+RTT_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?)(?:/.*)?")
+RATE_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?)([KMGT]?)bps$")
 RATE_UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
@@ -77,7 +85,20 @@ def split_endpoint(text: str) -> tuple[str, str | None, int]:
     if "%" in host:
         host, dev = host.split("%", 1)
     host = host.strip("[]")
-    return host, dev, (int(port) if port.isdigit() else 0)
+    return host, dev, (int(port) if UINT_RE.fullmatch(port) and int(port) < 65536 else 0)
+
+
+def is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def uint(text: str) -> int | None:
+    """An unsigned decimal number as ss prints it, or None."""
+    return int(text) if UINT_RE.fullmatch(text) else None
 
 
 def family_of(addr: str) -> int:
@@ -86,7 +107,8 @@ def family_of(addr: str) -> int:
 
 def parse_rate(text: str) -> int | None:
     m = RATE_RE.match(text)
-    return int(float(m.group(1)) * RATE_UNITS[m.group(2)]) if m else None
+    bps = float(m.group(1)) * RATE_UNITS[m.group(2)] if m else math.inf
+    return int(bps) if math.isfinite(bps) else None
 
 
 def records(text: str) -> list[tuple[list[str], list[str]]]:
@@ -120,12 +142,14 @@ def parse_subflow(state: str, local: str, remote: str, info: list[str]) -> TcpSu
         return None   # a plain TCP socket
     laddr, dev, lport = split_endpoint(local)
     raddr, _, rport = split_endpoint(remote)
+    if not (is_address(laddr) and is_address(raddr)):
+        return None   # not a socket line of ss's
     sub = TcpSubflow(family=family_of(laddr), state=state, local=laddr, lport=lport,
                      remote=raddr, rport=rport, dev=dev)
     ulp = info[info.index("tcp-ulp-mptcp") + 1:]
     for word in ulp:
         m = TOKEN_RE.fullmatch(word)
-        if m:
+        if m and int(m.group(2)) < 256 and int(m.group(4)) < 256:
             sub.remote_token, sub.rem_id = int(m.group(1), 16), int(m.group(2))
             sub.token, sub.loc_id = int(m.group(3), 16), int(m.group(4))
         elif word.startswith("flags:"):
@@ -135,29 +159,30 @@ def parse_subflow(state: str, local: str, remote: str, info: list[str]) -> TcpSu
     sub.backup = FLAG_BACKUP_LOCAL in sub.flags
     sub.peer_backup = FLAG_BACKUP_REMOTE in sub.flags
     f = info_fields(info[:len(info) - len(ulp) - 1])
-    if "rtt" in f:
-        sub.rtt_ms = float(f["rtt"].split("/")[0])
-    if f.get("cwnd", "").isdigit():
-        sub.cwnd = int(f["cwnd"])
+    # A field ss would not print is left unset: it costs that field, not the subflow.
+    m = RTT_RE.fullmatch(f.get("rtt", ""))   # rtt:AVG/VAR
+    if m and math.isfinite(float(m.group(1))):
+        sub.rtt_ms = float(m.group(1))
+    sub.cwnd = uint(f.get("cwnd", ""))
     for name in ("bytes_sent", "bytes_received", "bytes_acked"):
-        if f.get(name, "").isdigit():
-            setattr(sub, name, int(f[name]))
-    if "retrans" in f:   # retrans:CURRENT/TOTAL
-        sub.retrans = int(f["retrans"].split("/")[-1])
+        setattr(sub, name, uint(f.get(name, "")) or 0)
+    sub.retrans = uint(f.get("retrans", "").split("/")[-1]) or 0   # retrans:CURRENT/TOTAL
     if "delivery_rate" in f:
         sub.delivery_rate = parse_rate(f["delivery_rate"])
-    m = re.search(r"\btb(\d+)", f.get("skmem", ""))  # skmem:(r0,rb..,t0,tb..,...)
+    m = re.search(r"\btb([0-9]+)", f.get("skmem", ""))  # skmem:(r0,rb..,t0,tb..,...)
     if m:
         sub.sndbuf = int(m.group(1))
     return sub
 
 
-def parse_conn(state: str, local: str, remote: str, info: list[str]) -> MptcpConn:
+def parse_conn(state: str, local: str, remote: str, info: list[str]) -> MptcpConn | None:
     laddr, _, lport = split_endpoint(local)
     raddr, _, rport = split_endpoint(remote)
+    if not (is_address(laddr) and is_address(raddr)):
+        return None   # not a socket line of ss's
     f = info_fields(info)
-    token = int(f["token"], 16) if "token" in f else None
-    extra = int(f["subflows"]) if f.get("subflows", "").isdigit() else 0
+    token = int(f["token"], 16) if HEX32_RE.fullmatch(f.get("token", "")) else None
+    extra = uint(f.get("subflows", "")) or 0
     return MptcpConn(token=token, family=family_of(laddr), state=state, local=laddr,
                      lport=lport, remote=raddr, rport=rport, extra_subflows=extra)
 
@@ -177,7 +202,9 @@ def parse_ss(text: str, netid: str | None = None) -> tuple[list[MptcpConn], list
             continue
         state, local, remote = head[0], head[3], head[4]
         if kind == "mptcp":
-            conns.append(parse_conn(state, local, remote, info))
+            conn = parse_conn(state, local, remote, info)
+            if conn is not None:
+                conns.append(conn)
         elif kind == "tcp":
             sub = parse_subflow(state, local, remote, info)
             if sub is not None:

@@ -5,15 +5,23 @@ address:port values. Each yields well-typed results, skips what it cannot use, o
 BadInput with one line; nothing else. Concrete inputs that once crashed are kept as examples."""
 
 import ipaddress
+import json
+import math
 import struct
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from test_daemon_dispatch import FakePM
+from test_diag import CLIENT, SERVER, SYNTHETIC
+from test_health import FALLBACK_SS, HEALTHY_SS
 
-from controller import netmon
+from controller import abi, diag, health, netmon
+from controller.config import DaemonConfig
+from controller.daemon import Daemon
 from controller.model import LocalAddr
 from controller.netmon import NetChange, NetMonitor
 
@@ -306,3 +314,234 @@ def test_snapshot_of_mutated_dumps_is_well_formed_local_addresses(data):
         assert isinstance(a.routable, bool)
     for name, index, up in mon.interfaces(selected_only=False):
         assert isinstance(name, str) and isinstance(index, int) and isinstance(up, bool)
+
+
+# --- `ss -MtinmH` output: controller/diag.py, controller/health.py --------------------------------
+
+def uint(v, bits=None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0 and (
+        bits is None or v < 2**bits)
+
+
+def address_of(family: int, text: str) -> bool:
+    return ipaddress.ip_address(text).version == family
+
+
+def well_formed_conn(c) -> bool:
+    return (isinstance(c, diag.MptcpConn) and (c.token is None or uint(c.token, 32))
+            and isinstance(c.state, str) and address_of(c.family, c.local)
+            and ipaddress.ip_address(c.remote)
+            and uint(c.lport, 16) and uint(c.rport, 16) and uint(c.extra_subflows))
+
+
+def well_formed_subflow(s) -> bool:
+    opt = lambda v, bits=None: v is None or uint(v, bits)  # noqa: E731
+    return (isinstance(s, diag.TcpSubflow) and address_of(s.family, s.local)
+            and ipaddress.ip_address(s.remote)
+            and isinstance(s.state, str) and isinstance(s.flags, str)
+            and (s.dev is None or isinstance(s.dev, str))
+            and uint(s.lport, 16) and uint(s.rport, 16) and uint(s.token, 32)
+            and opt(s.remote_token, 32) and opt(s.loc_id, 8) and opt(s.rem_id, 8)
+            and isinstance(s.backup, bool) and isinstance(s.peer_backup, bool)
+            and (s.rtt_ms is None or (isinstance(s.rtt_ms, float) and math.isfinite(s.rtt_ms)
+                                      and s.rtt_ms >= 0))
+            and opt(s.cwnd) and all(uint(getattr(s, n)) for n in (
+                "bytes_sent", "bytes_received", "bytes_acked", "retrans"))
+            and opt(s.delivery_rate) and opt(s.sndbuf))
+
+
+def check_ss(text: str):
+    conns, subs = diag.parse_ss(text)
+    assert all(well_formed_conn(c) for c in conns), conns
+    assert all(well_formed_subflow(s) for s in subs), subs
+    for local, lport, remote, rport in health.fallen_back(text):
+        assert isinstance(local, str) and isinstance(remote, str)
+        assert uint(lport, 16) and uint(rport, 16)
+    return conns, subs
+
+
+HEX = st.text("0123456789abcdef", min_size=1, max_size=20)
+NUM = st.integers(0, 10**30).map(str)
+JUNK = st.text(max_size=8) | st.sampled_from(["", "-1", "1e5", "nan", "inf", "0x10", "²",
+                                              "٣", "1.2.3", "..", "/", "4294967296"])
+ADDR = st.ip_addresses().map(str) | st.sampled_from(["*", "0.0.0.0", "::", "fe80::1"])
+PORT = st.integers(0, 70000).map(str) | st.sampled_from(["*", "", "65536", "99999999999"])
+
+
+@st.composite
+def endpoints(draw) -> str:
+    """ADDR:PORT as ss prints it: IPv6 in brackets, a bound device after %, or mangled."""
+    addr = draw(ADDR)
+    if ":" in addr and draw(st.integers(0, 4)):
+        addr = f"[{addr}]"
+    if draw(st.integers(0, 3)) == 0:
+        addr += "%" + draw(st.sampled_from(["eth0", "wifi0", "lte-1.2", "", "%"]))
+    return f"{addr}:{draw(PORT)}"
+
+
+def value(known):
+    return known | NUM | JUNK
+
+
+SUBFLOW_FIELDS = {
+    "rtt": value(st.tuples(st.floats(0, 1e6), st.floats(0, 1e6)).map(lambda t: f"{t[0]}/{t[1]}")),
+    "cwnd": value(st.integers(0, 10**6).map(str)),
+    "bytes_sent": value(st.integers(0, 2**64).map(str)),
+    "bytes_received": value(st.integers(0, 2**64).map(str)),
+    "bytes_acked": value(st.integers(0, 2**64).map(str)),
+    "retrans": value(st.tuples(st.integers(0, 9), st.integers(0, 10**9)).map(
+        lambda t: f"{t[0]}/{t[1]}")),
+    "skmem": value(st.integers(0, 2**40).map(lambda n: f"(r0,rb131072,t0,tb{n},f0,w0,o0,bl0,d0)")),
+    "flags": st.text("MmJjBbecv", max_size=6) | JUNK,
+    "token": value(st.tuples(HEX, st.integers(0, 999), HEX, st.integers(0, 999)).map(
+        lambda t: f"{t[0]}(id:{t[1]})/{t[2]}(id:{t[3]})")),
+    "subflows": value(st.integers(0, 8).map(str)),
+    "wscale": st.just("10,10"), "unknown_field": JUNK,
+}
+RATES = st.tuples(st.sampled_from(["delivery_rate", "pacing_rate", "send"]),
+                  value(st.tuples(st.floats(0, 1e12), st.sampled_from(["", "K", "M", "G", "T"]))
+                        .map(lambda t: f"{t[0]}{t[1]}bps")))
+
+
+@st.composite
+def ss_records(draw) -> str:
+    """One socket as ss prints it: a header line (netid, state, queues, endpoints) and an
+    indented info line of known fields with plausible or mangled values, bare words, rates
+    and the ULP marker, in any order; sometimes fields missing or cut short."""
+    netid = draw(st.sampled_from(["tcp", "mptcp", "udp", ""]))
+    state = draw(st.sampled_from(["ESTAB", "LISTEN", "SYN-SENT", "CLOSE-WAIT"]))
+    head = [netid, state, draw(NUM), draw(NUM), draw(endpoints()), draw(endpoints())]
+    head = draw(st.lists(st.sampled_from(range(len(head))), min_size=len(head) - 2,
+                         max_size=len(head), unique=True).map(sorted).map(
+        lambda idx: [head[i] for i in idx]))
+    words = []
+    for key in draw(st.lists(st.sampled_from(sorted(SUBFLOW_FIELDS)), max_size=8)):
+        words.append(f"{key}:{draw(SUBFLOW_FIELDS[key])}")
+    for key, rate in draw(st.lists(RATES, max_size=2)):
+        words += [key, rate]
+    words += draw(st.lists(st.sampled_from(["bbr", "cubic", "fallback", "app_limited",
+                                            "tcp-ulp-mptcp", "remote_key", "delivery_rate"]),
+                           max_size=3))
+    words = draw(st.permutations(words))
+    if words and "tcp-ulp-mptcp" not in words and draw(st.booleans()):
+        at = draw(st.integers(0, len(words)))
+        words.insert(at, "tcp-ulp-mptcp")
+    text = " ".join(head) + ("\n\t " + " ".join(words) if words else "")
+    cut = draw(st.none() | st.integers(0, len(text)))
+    return text if cut is None else text[:cut]
+
+
+@st.composite
+def mangled_recorded_ss(draw) -> str:
+    """The recorded outputs of test_diag/test_health with words dropped, repeated, or with a
+    value after ':' replaced; lines dropped, repeated or cut short."""
+    lines = []
+    for line in draw(st.sampled_from([CLIENT, SERVER, SYNTHETIC, FALLBACK_SS,
+                                      HEALTHY_SS])).splitlines():
+        indent = "\t " if line[0].isspace() else ""
+        words = line.split()
+        for _ in range(draw(st.integers(0, 3))):
+            if not words:
+                break
+            i = draw(st.integers(0, len(words) - 1))
+            op = draw(st.sampled_from(["drop", "dup", "value", "junk"]))
+            if op == "drop":
+                del words[i]
+            elif op == "dup":
+                words.insert(i, words[i])
+            elif op == "value":
+                key = words[i].partition(":")[0]
+                words[i] = f"{key}:{draw(NUM | JUNK | HEX)}"
+            else:
+                words.insert(i, draw(JUNK))
+        text = indent + " ".join(words)
+        choice = draw(st.integers(0, 9))
+        if choice == 0:
+            continue
+        if choice == 1:
+            text = text[: draw(st.integers(0, len(text)))]
+        lines.append(text)
+        if choice == 2:
+            lines.append(text)
+    return "\n".join(lines)
+
+
+SUBFLOW = "tcp ESTAB 0 0 1.1.1.1:1 2.2.2.2:2\n\t {} tcp-ulp-mptcp token:0(id:0)/1(id:0)"
+# Each of these raised ValueError out of parse_ss (and health.fallen_back): the daemon then
+# adopted nothing at all, and its health check skipped every fallen-back connection.
+SS_CRASHES = [
+    SUBFLOW.format("rtt:abc"), SUBFLOW.format("retrans:0/x"),
+    SUBFLOW.format("delivery_rate ..Mbps"), SUBFLOW.format("cwnd:²"),
+    "mptcp ESTAB 0 0 1.1.1.1:1 2.2.2.2:2\n\t token:xyz",
+    "mptcp ESTAB 0 0 1.1.1.1:² 2.2.2.2:2\n\t fallback token:1",
+]
+# Out of range, a 16-bit port and 32-bit token and 8-bit id: socket.htons() raised
+# OverflowError when the daemon, datapath on, adopted the subflow (out of start()).
+OUT_OF_RANGE = ("mptcp ESTAB 0 0 10.81.1.2:99999 10.81.9.2:5201\n\t token:1ffffffff\n"
+                "tcp ESTAB 0 0 10.81.1.2:99999 10.81.9.2:5201\n\t tcp-ulp-mptcp "
+                "token:0(id:0)/1ffffffff(id:999)")
+
+
+@pytest.mark.parametrize("text", [*SS_CRASHES, OUT_OF_RANGE])
+def test_ss_lines_that_once_crashed_the_parser_give_well_typed_records(text):
+    check_ss(text)
+
+
+def test_a_mangled_field_costs_only_that_field():
+    conns, subs = check_ss(SS_CRASHES[0])
+    assert subs[0].token == 1 and subs[0].rtt_ms is None
+    conns, _ = check_ss("mptcp ESTAB 0 0 1.1.1.1:1 2.2.2.2:2\n\t token:xyz subflows:2")
+    assert conns[0].token is None and conns[0].extra_subflows == 2
+
+
+@PROPS
+@given(st.lists(ss_records(), max_size=6).map("\n".join))
+def test_plausible_and_mangled_ss_lines_give_well_typed_records(text):
+    check_ss(text)
+
+
+@PROPS
+@given(mangled_recorded_ss())
+def test_mangled_recorded_ss_output_gives_well_typed_records(text):
+    check_ss(text)
+
+
+@PROPS
+@given(st.text(max_size=300))
+def test_random_text_never_breaks_the_ss_parser(text):
+    check_ss(text)
+
+
+class FakeAttachment:
+    """The datapath as the daemon sees it: tokens are written, nothing else happens."""
+
+    ifaces: list = []
+
+    def __init__(self):
+        self.tokens = []
+
+    def set_tokens(self, tokens):
+        self.tokens += tokens
+
+
+@settings(PROPS, max_examples=60)
+@given(st.lists(ss_records() | mangled_recorded_ss(), max_size=5).map("\n".join))
+@example(OUT_OF_RANGE.replace("1ffffffff", "1"))
+# an MPTCP socket without a token: TypeError formatting None as hex; a header with words
+# added: '' as an address, ValueError out of the policy. Both out of start() and _resync().
+@example("mptcp ESTAB 0 0 10.81.1.2:44246 10.81.9.2:43973")
+@example("mptcp mptcp mptcp ESTAB 0 0 10.81.1.2:1 10.81.9.2:2\n\t token:d7df804a")
+def test_the_daemon_adopts_whatever_ss_shows_without_raising(monkeypatch, text):
+    monkeypatch.setattr(diag, "run_ss", lambda _ns=None: text)
+    d = Daemon(DaemonConfig(datapath=False, cc="uncoupled"))
+    d.pm = FakePM()
+    d.attachment = FakeAttachment()
+    d._route_ready = lambda *_: True
+    d.net.update({"10.81.1.2": LocalAddr("10.81.1.2", "wifi0", 2, 4)})
+    d._adopt()
+    d._resync()
+    d._flush_tokens()
+    assert all(isinstance(k, abi.FlowKey) and uint(t, 32) for k, t in d.attachment.tokens)
+    json.dumps(d.answer({"cmd": "subflows"}), default=str)
+    d.attachment = None   # status would read the pinned maps
+    json.dumps(d.answer({"cmd": "status"}), default=str)
