@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ NETSTAT = "/proc/net/netstat"
 # ADD_ADDRs sent since the last echo received before we call it "not echoed": the first one
 # plus at least one retransmission (the kernel resends after net.mptcp.add_addr_timeout).
 ADD_ADDR_UNECHOED_MIN = 2
+# A MIB counter as the kernel prints it (ASCII decimal; str.isdigit() also takes "²")
+COUNTER_RE = re.compile(r"-?[0-9]+")
 
 NO_MPTCP = "no_mptcp"
 ADD_ADDR_NOT_ECHOED = "add_addr_not_echoed"
@@ -85,7 +88,7 @@ def parse_mptcp_mib(text: str) -> dict[str, int]:
         return {}
     names, values = lines[0][1:], lines[1][1:]
     pairs = zip(names, values, strict=False)   # a short value line: keep what is there
-    return {n: int(v) for n, v in pairs if v.lstrip("-").isdigit()}
+    return {n: int(v) for n, v in pairs if COUNTER_RE.fullmatch(v)}
 
 
 @dataclass

@@ -545,3 +545,45 @@ def test_the_daemon_adopts_whatever_ss_shows_without_raising(monkeypatch, text):
     json.dumps(d.answer({"cmd": "subflows"}), default=str)
     d.attachment = None   # status would read the pinned maps
     json.dumps(d.answer({"cmd": "status"}), default=str)
+
+
+# --- /proc/net/netstat: health.parse_mptcp_mib ----------------------------------------------------
+
+MIB_NAMES = st.sampled_from(["AddAddr", "AddAddrTx", "EchoAdd", "EchoAddTx", "MPCapableSYNRX",
+                             "Unknown"]) | st.text("ABCxyz", min_size=1, max_size=6)
+MIB_VALUES = st.integers(-(2**70), 2**70).map(str) | JUNK.filter(lambda s: " " not in s)
+
+
+@st.composite
+def netstat_texts(draw) -> str:
+    """TcpExt/IpExt pairs and an MPTcpExt pair whose lines may be missing, repeated, swapped,
+    of different lengths, with non-numeric values or extra columns; sometimes cut short."""
+    lines = ["TcpExt: SyncookiesSent EmbryonicRsts", "TcpExt: 0 0"]
+    names = draw(st.lists(MIB_NAMES, max_size=8))
+    values = draw(st.lists(MIB_VALUES, min_size=max(0, len(names) - 2), max_size=len(names) + 2))
+    mptcp = ["MPTcpExt: " + " ".join(names), "MPTcpExt: " + " ".join(values)]
+    mptcp = draw(st.sampled_from([mptcp, mptcp[::-1], mptcp[:1], mptcp[1:], [], mptcp * 2]))
+    lines += mptcp + draw(st.lists(st.sampled_from(["IpExt: InNoRoutes", "IpExt: 0", "",
+                                                    "MPTcpExt:", "MPTcpExt"]), max_size=3))
+    text = "\n".join(draw(st.permutations(lines)) if draw(st.booleans()) else lines)
+    cut = draw(st.none() | st.integers(0, len(text)))
+    return text if cut is None else text[:cut]
+
+
+@PROPS
+@given(netstat_texts() | st.text(max_size=200))
+@example("MPTcpExt: AddAddrTx EchoAdd\nMPTcpExt: ² --1\n")  # int() raised ValueError
+def test_any_netstat_text_gives_integer_counters(text):
+    mib = health.parse_mptcp_mib(text)
+    assert all(isinstance(k, str) and isinstance(v, int) for k, v in mib.items())
+    watch = health.AddAddrWatch()
+    for _ in range(3):
+        detail = watch.update(mib)
+        assert detail is None or isinstance(detail, str)
+
+
+def test_a_netstat_file_with_bad_counters_is_no_finding(tmp_path):
+    path = tmp_path / "netstat"
+    path.write_text("MPTcpExt: AddAddrTx EchoAdd\nMPTcpExt: ² --1\n")
+    mon = health.HealthMonitor(netstat=str(path))
+    assert mon._check_add_addr(None) == []
