@@ -194,7 +194,7 @@ class Daemon:
         """A crashed daemon (SIGKILL) left pins, programs, sysctls: put them back first."""
         stale = saved_path(self.ns)
         if stale.exists():
-            undo_saved(stale.read_text())
+            undo_saved(stale.read_text(errors="replace"))
             log.info("restored what a previous daemon had changed")
             stale.unlink(missing_ok=True)
         if datapath.is_attached(self.ns):
@@ -854,12 +854,13 @@ def stop_running(ns: str | None, timeout: float = 10.0) -> str:
     cleaned = False
     stale = saved_path(ns)
     if stale.exists():
+        text = stale.read_text(errors="replace")   # undo_saved() copes with a corrupt file
         if ns and not netns.exists(ns):
             # The sockops program hangs on the cgroup, not the namespace: it outlives both.
-            detach_saved_sockops(stale.read_text())
+            detach_saved_sockops(text)
         else:
             with netns.entered(ns):
-                undo_saved(stale.read_text())
+                undo_saved(text)
         cleaned = True
     if datapath.is_attached(ns):  # detach() copes with a namespace that is gone
         datapath.detach(ns)
@@ -881,7 +882,9 @@ def undo_saved(text: str) -> None:
     MPTCP limits, and detach its sockops program (which outlives a SIGKILL)."""
     try:
         data = json.loads(text or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
         log.warning("saved.json is unreadable; nothing restored")
         return
     with contextlib.suppress(MptcpctlError):

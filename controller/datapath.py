@@ -5,6 +5,7 @@ and open its maps, run it on packets with BPF_PROG_TEST_RUN (decode, tests, benc
 import contextlib
 import ctypes as C
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from . import _paths, abi, bpfload, libbpf, netns
 from .bpfload import BPF
 from .errors import BadInput, DatapathError, MissingFeature
 from .libbpf import PinnedMap, pin, test_run
+
+log = logging.getLogger("mptcpctl")
 
 BPF_DIR = _paths.bpf_dir()
 SOURCE = BPF_DIR / "mptcp_datapath.c"
@@ -199,12 +202,30 @@ class AttachState:
 
     @classmethod
     def load(cls, ns: str | None) -> "AttachState | None":
+        """The saved state; None when there is none, or (logged) when it is not one we wrote:
+        its interfaces cannot be trusted, and detach removes its pin directory, which must be
+        under ours."""
         path = state_file(ns)
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            state = cls(data["netns"], data["pin_dir"],
+                        [IfaceState(**i) for i in data["ifaces"]])
+        except OSError:
             return None
-        return cls(data["netns"], data["pin_dir"], [IfaceState(**i) for i in data["ifaces"]])
+        except (ValueError, RecursionError, KeyError, TypeError) as e:
+            log.warning("%s is unreadable (%s): its interfaces keep their programs", path, e)
+            return None
+        ours = (isinstance(state.pin_dir, str)   # any ABI version's pins: ours to remove
+                and os.path.normpath(state.pin_dir).startswith(f"{PIN_ROOT.parent}/")
+                and (state.netns is None or isinstance(state.netns, str))
+                and all(isinstance(i.name, str) and type(i.ifindex) is int
+                        and type(i.xdp_flags) is int and isinstance(i.added_clsact, bool)
+                        for i in state.ifaces))
+        if not ours:
+            log.warning("%s is not a state file of ours: its interfaces keep their programs",
+                        path)
+            return None
+        return state
 
 
 def is_attached(ns: str | None) -> bool:
@@ -386,7 +407,7 @@ def detach(ns: str | None = None) -> bool:
     """Detach what `attach` attached in `ns`; also cleans stale pins. True if anything was
     attached. Interfaces that vanished meanwhile (a deleted namespace) are skipped."""
     state = AttachState.load(ns)
-    if state is None and not pin_dir(ns).exists():
+    if state is None and not pin_dir(ns).exists() and not state_file(ns).exists():
         return False
     if ns and not netns.exists(ns):
         # The namespace is gone, and with it its interfaces and programs: only files remain.

@@ -209,15 +209,18 @@ def detach_stale(ns: str | None) -> bool:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return False
-    except ValueError:
+    except (ValueError, RecursionError):
         data = {}
+    ifaces = data.get("ifaces") if isinstance(data, dict) else None
+    if not isinstance(ifaces, list):
+        ifaces = []   # corrupt: the filters it named stay attached
     from . import netns
 
     if not (ns and not netns.exists(ns)):
         from pyroute2 import IPRoute
 
         with netns.entered(ns), IPRoute() as ipr:
-            for st in reversed(data.get("ifaces", [])):
+            for st in reversed(ifaces):
                 with contextlib.suppress(Exception):
                     _detach_one(ipr, st)
     path.unlink(missing_ok=True)

@@ -44,6 +44,8 @@ def write(name: str, value: str, netns: str | None = None) -> None:
             if exc.errno == errno.EINVAL:
                 raise BadInput(f"the kernel refused {name}={value}") from exc
             raise MptcpctlError(f"cannot set {name}: {exc.strerror}") from exc
+        except ValueError as exc:   # a NUL in the name (a corrupt saved.json)
+            raise BadInput(f"no such sysctl {name!r}") from exc
 
 
 class SavedSysctls:
@@ -83,8 +85,11 @@ class SavedSysctls:
         try:
             data = json.loads(text)
             saved = {str(k): str(v) for k, v in data["saved"].items()}
-            return cls(data.get("netns"), saved)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            netns = data.get("netns")
+            if not (netns is None or isinstance(netns, str)):
+                raise TypeError(f"netns {netns!r} is not a name")
+            return cls(netns, saved)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise BadInput(f"not a saved-sysctls file: {exc}") from exc
 
     def save(self, path: str) -> None:

@@ -7,6 +7,7 @@ BadInput with one line; nothing else. Concrete inputs that once crashed are kept
 import ipaddress
 import json
 import math
+import os
 import struct
 import threading
 from pathlib import Path
@@ -21,12 +22,13 @@ from test_diag import CLIENT, SERVER, SYNTHETIC
 from test_health import FALLBACK_SS, HEALTHY_SS
 
 from cli.main import cli
-from controller import abi, diag, health, netmon, pcap
+from controller import abi, daemon, datapath, diag, dssfix, health, netmon, pcap
 from controller.config import DaemonConfig
 from controller.daemon import Daemon
-from controller.errors import BadInput
+from controller.errors import BadInput, MptcpctlError
 from controller.model import LocalAddr
 from controller.netmon import NetChange, NetMonitor
+from controller.sysctl import SavedSysctls
 
 # Deterministic: the same examples on every run and machine, no example database.
 PROPS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -777,3 +779,159 @@ def test_decode_of_a_corrupt_capture_is_one_line_and_exit_2(tmp_path, name):
     (line,) = result.stderr.splitlines()
     assert line.startswith("mptcpctl: ") and str(path) in line
     assert "Traceback" not in result.stderr
+
+
+# --- state files read back by `down` and `up` (controller/daemon.py and friends) ------------------
+
+state_texts = st.one_of(
+    st.binary(max_size=80),
+    st.sampled_from([b"", b"[]", b"null", b"1", b'"x"', b"{", b"\xff\xfe", b'{"saved": 1}',
+                     b'{"saved": {"net.mptcp.enabled": [1]}}', b'{"limits": [1, 2]}',
+                     b'{"limits": {"subflows": "x"}}', b'{"sockops_prog_id": "x"}',
+                     b'{"ifaces": 3}', b'{"ifaces": [1, "a", {}]}', b'{"netns": 1}',
+                     b'{"pin_dir": "/"}']),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                 lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.sampled_from(["netns", "saved", "limits", "ifaces",
+                                                    "pin_dir", "sockops_prog_id", "name",
+                                                    "ifindex", "x"]), inner, max_size=4),
+                 max_leaves=8).map(lambda v: json.dumps(v).encode()),
+)
+
+
+class Recorder:
+    """Stands in for what `down` would change: records instead (as a file, an MPTCP PM)."""
+
+    def __init__(self, done, what):
+        self.done, self.what = done, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def write(self, text):
+        self.done.append((self.what, text))
+
+    def set_limits(self, **limits):
+        self.done.append(("limits", limits))
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    """/run/mptcpctl and the pins somewhere harmless, and nothing a state file names touched:
+    sysctl files (opened as the OS would: a NUL in the name is a ValueError), MPTCP limits,
+    sockops, XDP and tc detaches are recorded, not done; only signal 0 may be sent."""
+    root = tmp_path / "run"
+    monkeypatch.setattr(daemon, "RUN_ROOT", root)
+    monkeypatch.setattr(datapath, "RUN_ROOT", root)
+    monkeypatch.setattr(datapath, "PIN_ROOT", tmp_path / "bpf" / "mptcpctl" / "v1")
+    done = []
+
+    def sysctl_open(path, mode="r"):
+        assert mode == "w", path
+        if "\0" in path:
+            raise ValueError("embedded null byte")
+        return Recorder(done, ("sysctl", path))
+
+    real_kill = os.kill
+
+    def kill(pid, sig):
+        assert sig == 0, (pid, sig)
+        return real_kill(pid, sig)
+
+    monkeypatch.setattr("controller.sysctl.open", sysctl_open, raising=False)
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr("controller.sockops.detach_by_id", lambda *a: done.append(("sockops", a)))
+    monkeypatch.setattr("controller.pm.MptcpPM", lambda *a: Recorder(done, "pm"))
+
+    def detach_state(ipr, state):   # detaches and removes pins (never run here) and the file
+        done.append(("xdp", state))
+        datapath.state_file(state.netns).unlink(missing_ok=True)
+
+    monkeypatch.setattr(datapath, "_detach_state", detach_state)
+    monkeypatch.setattr(dssfix, "_detach_one", lambda ipr, st: done.append(("tc", st)))
+    return root, done
+
+
+def down_with(run_root, name: str, content: bytes):
+    root, _ = run_root
+    (root / "init").mkdir(parents=True, exist_ok=True)
+    (root / "init" / name).write_bytes(content)
+    try:
+        result = daemon.stop_running(None)
+    except MptcpctlError as e:
+        assert one_line(e), str(e)
+        return e
+    assert result in ("cleaned", "not running")
+    assert not (root / "init" / name).exists()
+    return result
+
+
+# Each raised out of `mptcpctl down` with a traceback: a saved.json that is not UTF-8
+# (UnicodeDecodeError) or not a JSON object (AttributeError: 'list' object has no 'get').
+@PROPS
+@given(state_texts)
+@example(b"\xff\xfe")
+@example(b"[]")
+@example(b'{"saved": {"net.mptcp.\\u0000": "1"}}')   # ValueError from open()
+@example(b'{"netns": [null], "saved": {"a": "1"}}')    # TypeError from os.path.join()
+@example(b"[" * 100000)
+def test_down_after_a_corrupt_saved_json_cleans_up_or_says_one_line(run_root, content):
+    down_with(run_root, "saved.json", content)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"[]", b"[" * 100000])
+def test_up_after_a_corrupt_saved_json_starts_clean(run_root, content):
+    """`up` first undoes what a crashed daemon left: the same file, read by _clean_stale()."""
+    root, _ = run_root
+    (root / "init").mkdir(parents=True)
+    daemon.saved_path(None).write_bytes(content)
+    Daemon(DaemonConfig(datapath=False))._clean_stale()
+    assert not daemon.saved_path(None).exists()
+
+
+@PROPS
+@given(state_texts)
+@example(b'{"netns": null, "pin_dir": 1, "ifaces": [{"name": "x"}]}')
+@example(b"[]")
+def test_down_after_a_corrupt_datapath_state_cleans_up_or_says_one_line(run_root, content):
+    down_with(run_root, "datapath.json", content)
+    for what, st_ in run_root[1]:
+        if what == "xdp":
+            assert isinstance(st_, datapath.AttachState)
+            assert Path(st_.pin_dir).is_relative_to(datapath.PIN_ROOT.parent)
+            assert all(isinstance(i, datapath.IfaceState) for i in st_.ifaces)
+
+
+@PROPS
+@given(state_texts)
+@example(b"[]")
+@example(b'{"ifaces": 3}')
+def test_down_after_a_corrupt_dss_fix_state_cleans_up_or_says_one_line(run_root, content):
+    down_with(run_root, "dssfix.json", content)
+
+
+def test_a_datapath_state_naming_a_foreign_pin_dir_is_not_trusted(run_root):
+    """detach removes the state's pin directory: a corrupt one must not name "/"."""
+    good = datapath.AttachState(None, str(datapath.pin_dir(None)),
+                                [datapath.IfaceState("wifi0", 3, 2, True)])
+    good.save()
+    assert datapath.AttachState.load(None) == good
+    for pins in ("/", "/sys/fs/bpf", f"{datapath.PIN_ROOT}/../../..", 7):
+        state = {"netns": None, "pin_dir": pins, "ifaces": []}
+        datapath.state_file(None).write_text(json.dumps(state))
+        assert datapath.AttachState.load(None) is None
+    assert down_with(run_root, "datapath.json", b'{"pin_dir": "/"}') == "cleaned"
+    assert [d for d in run_root[1] if d[0] == "xdp"] == [
+        ("xdp", datapath.AttachState(None, str(datapath.pin_dir(None))))]
+
+
+def test_the_saved_sysctls_of_a_good_saved_json_are_put_back(run_root):
+    root, done = run_root
+    saved = SavedSysctls(None, {"net.mptcp.pm_type": "0"}).to_json()
+    (root / "init").mkdir(parents=True)
+    (root / "init" / "saved.json").write_text(saved)
+    assert daemon.stop_running(None) == "cleaned"
+    assert done == [(("sysctl", "/proc/sys/net/mptcp/pm_type"), "0")]
