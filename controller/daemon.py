@@ -65,9 +65,11 @@ def running_pid(ns: str | None) -> int | None:
         pid = int(pidfile(ns).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+    if pid <= 0:
+        return None   # not a process (0 and -1 would mean our group, or every process)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return None
     except PermissionError:
         return pid

@@ -438,10 +438,25 @@ def log_path(ns: str | None) -> Path:
     return run_dir(ns) / "lb.log"
 
 
+def read_state(path: Path) -> dict:
+    """A state file of ours (lb.json, lb-backend*.json); {} when it is missing or is not one
+    we wrote (then what it names is left as it is): an XDP interface comes with its flags."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(state, dict) or not isinstance(state.get("forwarding_sysctl") or "", str):
+        return {}
+    if "iface" in state and not (isinstance(state["iface"], str)
+                                 and type(state.get("xdp_flags")) is int):
+        return {}
+    return state
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -453,7 +468,8 @@ def running_pid(ns: str | None) -> int | None:
         pid = int(pid_file(ns).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    # 0 and -1 are no process: kill() would reach our group or every process (stop SIGKILLs)
+    return pid if pid > 0 and _pid_alive(pid) else None
 
 
 # --- checks at `lb up` (run inside the namespace) --------------------------------------------
@@ -743,11 +759,8 @@ def stop(ns: str | None, timeout: float = 15.0) -> bool:
         if _pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
-    try:
-        state = json.loads(state_path(ns).read_text())
-    except (OSError, ValueError):
-        state = None
-    if state and (not ns or netns.exists(ns)):
+    state = read_state(state_path(ns))
+    if "iface" in state and (not ns or netns.exists(ns)):
         with netns.entered(ns):
             _detach_xdp(state["iface"], state["xdp_flags"])
             if state.get("restore_forwarding"):
@@ -890,14 +903,9 @@ def _backend_undo(vip: str, ns: str | None) -> list[str]:
     done = []
     fam = family(vip)
     other_fam = 6 if fam == 4 else 4
-    try:
-        state = json.loads(backend_state_path(ns, fam).read_text())
-    except (OSError, ValueError):
-        state = {}
-    other = {}
-    with contextlib.suppress(OSError, ValueError):
-        other = json.loads(backend_state_path(ns, other_fam).read_text())
-    if state.get("decap") == "xdp":
+    state = read_state(backend_state_path(ns, fam))
+    other = read_state(backend_state_path(ns, other_fam))
+    if state.get("decap") == "xdp" and "iface" in state:
         # One decapsulator serves both families: keep it while the other VIP needs it.
         if other.get("decap") == "xdp" and other.get("iface") == state["iface"]:
             done.append(f"kept the XDP decapsulator on {state['iface']} (IPv{other_fam} VIP)")

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from test_diag import CLIENT, SERVER, SYNTHETIC
 from test_health import FALLBACK_SS, HEALTHY_SS
 
 from cli.main import cli
-from controller import abi, daemon, datapath, diag, dssfix, health, netmon, pcap
+from controller import abi, daemon, datapath, diag, dssfix, health, lb, netmon, pcap
 from controller.config import DaemonConfig
 from controller.daemon import Daemon
 from controller.errors import BadInput, MptcpctlError
@@ -935,3 +936,77 @@ def test_the_saved_sysctls_of_a_good_saved_json_are_put_back(run_root):
     (root / "init" / "saved.json").write_text(saved)
     assert daemon.stop_running(None) == "cleaned"
     assert done == [(("sysctl", "/proc/sys/net/mptcp/pm_type"), "0")]
+
+
+# --- pidfiles, and the load balancer's state files (controller/lb.py) -----------------------------
+
+@pytest.fixture
+def lb_run_root(run_root, monkeypatch):
+    """run_root, and the load balancer's XDP detaches, sysctls and commands recorded too."""
+    root, done = run_root
+    monkeypatch.setattr(lb, "RUN_ROOT", root)
+    monkeypatch.setattr(lb, "_detach_xdp", lambda *a: done.append(("lb-xdp", a)))
+    monkeypatch.setattr(lb, "_sysctl", lambda *a: done.append(("lb-sysctl", a)))
+    monkeypatch.setattr(lb, "_sh", lambda argv, check=True: done.append(("sh", argv))
+                        or subprocess.CompletedProcess(argv, 1, "", ""))
+    return root, done
+
+
+# lb.json saying {"pid": 1} (KeyError: 'iface'), or a list (TypeError), raised out of
+# `lb down`; lb-backend.json as a list (AttributeError) out of `lb backend --undo`.
+@PROPS
+@given(state_texts)
+@example(b'{"pid": 1}')
+@example(b'[1]')
+@example(b'{"iface": "eth0", "xdp_flags": 2, "restore_forwarding": true, '
+         b'"forwarding_sysctl": 1}')
+def test_lb_down_after_a_corrupt_state_cleans_up(lb_run_root, content):
+    root, done = lb_run_root
+    (root / "init").mkdir(parents=True, exist_ok=True)
+    lb.state_path(None).write_bytes(content)
+    assert lb.stop(None) is True
+    assert not lb.state_path(None).exists()
+    for what, args in done:
+        assert what in ("lb-xdp", "lb-sysctl")
+        assert isinstance(args[0], str) and type(args[1]) in (int, str)
+
+
+@PROPS
+@given(state_texts, state_texts)
+@example(b"[]", b"{}")
+@example(b'{"decap": "xdp"}', b"[]")
+def test_lb_backend_undo_after_corrupt_states_cleans_up(lb_run_root, mine, other):
+    root, done = lb_run_root
+    (root / "init").mkdir(parents=True, exist_ok=True)
+    lb.backend_state_path(None, 4).write_bytes(mine)
+    lb.backend_state_path(None, 6).write_bytes(other)
+    assert all(isinstance(line, str) for line in lb.backend_setup("192.0.2.80", None, undo=True))
+    assert not lb.backend_state_path(None, 4).exists()
+    for what, args in done:
+        assert what == "sh" or (what == "lb-xdp" and isinstance(args[0], str)
+                                and type(args[1]) is int)
+
+
+pidfile_texts = st.one_of(
+    st.binary(max_size=30),
+    st.integers(-(2**70), 2**70).map(lambda n: f"{n}\n".encode()),
+    st.sampled_from([b"-1", b"0", b"1", b"2147483648", b"99999999999999999999", b" 42 \n"]),
+)
+
+
+# OverflowError out of os.kill() for a pid past 32 bits: `down` and `status` tracebacks. And
+# lb's pidfile saying -1 or 0 counted as a live process, which `lb down` would have SIGKILLed
+# (kill(-1): every process) when the stop request failed.
+@PROPS
+@given(pidfile_texts)
+@example(b"99999999999999999999")
+@example(b"-1")
+@example(b"0")
+def test_a_corrupt_pidfile_is_no_daemon_or_a_live_process(lb_run_root, content):
+    root, _ = lb_run_root
+    (root / "init").mkdir(parents=True, exist_ok=True)
+    for path, running in ((daemon.pidfile(None), daemon.running_pid),
+                          (lb.pid_file(None), lb.running_pid)):
+        path.write_bytes(content)
+        pid = running(None)
+        assert pid is None or (type(pid) is int and pid > 0)
