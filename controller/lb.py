@@ -162,7 +162,7 @@ def flow_tuple(f: LbFlow) -> tuple[str, int, str, int]:
 def parse_vip(text: str) -> tuple[str, int]:
     """`ADDR:PORT` or `[IPV6]:PORT` -> (address, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise BadInput(f"--vip {text!r}: expected ADDR:PORT (e.g. 198.51.100.80:80 or "
                        "[2001:db8::1]:80)")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):

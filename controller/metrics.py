@@ -52,7 +52,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise BadInput(f"bad --metrics {text!r}: {addr!r} is not an IP address") from None
     if raw.startswith("[") and ip.version != 6:
         raise BadInput(f"bad --metrics {text!r}: brackets are for IPv6 addresses")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise BadInput(f"bad --metrics {text!r}: the port must be a number from 1 to 65535")
     return str(ip), int(port)
 

@@ -23,7 +23,7 @@ from test_diag import CLIENT, SERVER, SYNTHETIC
 from test_health import FALLBACK_SS, HEALTHY_SS
 
 from cli.main import cli
-from controller import abi, daemon, datapath, diag, dssfix, health, lb, netmon, pcap
+from controller import abi, daemon, datapath, diag, dssfix, health, lb, metrics, netmon, pcap
 from controller.config import DaemonConfig
 from controller.daemon import Daemon
 from controller.errors import BadInput, MptcpctlError
@@ -1010,3 +1010,49 @@ def test_a_corrupt_pidfile_is_no_daemon_or_a_live_process(lb_run_root, content):
         path.write_bytes(content)
         pid = running(None)
         assert pid is None or (type(pid) is int and pid > 0)
+
+
+# --- address:port values from the config file and the command line --------------------------------
+
+listen_texts = st.one_of(
+    st.text(max_size=30),
+    st.tuples(ADDR | st.text(max_size=6), PORT | JUNK).map(lambda t: f"{t[0]}:{t[1]}"),
+    st.tuples(ADDR | st.text(max_size=6), PORT | JUNK).map(lambda t: f"[{t[0]}]:{t[1]}"),
+    PORT | JUNK,
+)
+
+
+# int() of a port that str.isdigit() accepts ('²') raised ValueError: `up` with
+# metrics = "²" in mptcpctl.toml, `lb up --vip 10.0.0.1:²`, tracebacks both.
+@PROPS
+@given(listen_texts)
+@example("²")
+@example("1.2.3.4:²")
+def test_metrics_listen_value_is_an_address_and_port_or_bad_input(text):
+    try:
+        addr, port = metrics.parse_listen(text)
+    except BadInput as e:
+        assert one_line(e)
+        return
+    assert ipaddress.ip_address(addr) and 1 <= port <= 65535
+
+
+@PROPS
+@given(listen_texts)
+@example("1.2.3.4:²")
+def test_lb_vip_is_an_address_and_port_or_bad_input(text):
+    try:
+        addr, port = lb.parse_vip(text)
+    except BadInput as e:
+        assert one_line(e)
+        return
+    assert ipaddress.ip_address(addr) and 1 <= port <= 65535
+
+
+def test_a_config_with_a_non_ascii_digit_port_is_bad_input(tmp_path):
+    from controller import config
+
+    path = tmp_path / "mptcpctl.toml"
+    path.write_text('metrics = "²"\n', encoding="utf-8")
+    with pytest.raises(BadInput):
+        config.load(path, required=True)
