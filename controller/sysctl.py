@@ -18,7 +18,10 @@ def path_of(name: str) -> str:
     """net.mptcp.enabled -> /proc/sys/net/mptcp/enabled (a name with '/' is taken as a path,
     for components holding dots such as net/ipv4/conf/eth0.100/rp_filter)."""
     rel = name if "/" in name else name.replace(".", "/")
-    return os.path.join(PROC_SYS, rel.strip("/"))
+    parts = rel.strip("/").split("/")
+    if not rel.strip("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise BadInput(f"{name!r} is not a sysctl name")
+    return os.path.join(PROC_SYS, *parts)
 
 
 def read(name: str, netns: str | None = None) -> str | None:
@@ -85,6 +88,8 @@ class SavedSysctls:
         try:
             data = json.loads(text)
             saved = {str(k): str(v) for k, v in data["saved"].items()}
+            for name in saved:   # a name leading out of /proc/sys is not ours: trust none
+                path_of(name)
             netns = data.get("netns")
             if not (netns is None or isinstance(netns, str)):
                 raise TypeError(f"netns {netns!r} is not a name")

@@ -883,6 +883,24 @@ def test_down_after_a_corrupt_saved_json_cleans_up_or_says_one_line(run_root, co
     down_with(run_root, "saved.json", content)
 
 
+@pytest.mark.parametrize("name", ["../../etc/x", "net/../../../etc/x", "net.mptcp..x", "/",
+                                  "net/./mptcp/enabled"])
+def test_down_never_writes_outside_proc_sys_whatever_saved_json_names(run_root, name):
+    """saved.json is ours, but a corrupt one must not make root write elsewhere."""
+    content = json.dumps({"saved": {name: "1", "net.mptcp.enabled": "1"}}).encode()
+    down_with(run_root, "saved.json", content)
+    written = [w[0][1] for w in run_root[1] if isinstance(w[0], tuple) and w[0][0] == "sysctl"]
+    assert written == []   # a file naming one such path is not trusted at all
+
+
+def test_a_dotted_or_slashed_sysctl_name_maps_under_proc_sys():
+    from controller import sysctl
+
+    assert sysctl.path_of("net.mptcp.enabled") == "/proc/sys/net/mptcp/enabled"
+    assert sysctl.path_of("net/ipv4/conf/eth0.100/rp_filter") == \
+        "/proc/sys/net/ipv4/conf/eth0.100/rp_filter"
+
+
 @pytest.mark.parametrize("content", [b"\xff\xfe", b"[]", b"[" * 100000])
 def test_up_after_a_corrupt_saved_json_starts_clean(run_root, content):
     """`up` first undoes what a crashed daemon left: the same file, read by _clean_stale()."""
