@@ -263,11 +263,12 @@ class Model:
 
 def decapsulated(f: bytes) -> bytes:
     """What mptcp_lb_decap makes of f (docs/lb.md, "Backends"): IPv4-in-IPv4 without options
-    or fragments, or IPv6-in-IPv6, loses its outer header; anything else stays as it is."""
+    or fragments, or IPv6-in-IPv6 (the outer version nibble right), loses its outer header;
+    anything else stays as it is."""
     if f[12:14] == b"\x08\x00" and len(f) >= 34:
-        if f[23] == 4 and f[14] & 0x0F == 5 and not int.from_bytes(f[20:22], "big") & 0x3FFF:
+        if f[14] == 0x45 and f[23] == 4 and not int.from_bytes(f[20:22], "big") & 0x3FFF:
             return f[:14] + f[34:]
-    elif f[12:14] == b"\x86\xdd" and len(f) >= 54 and f[20] == 41:
+    elif f[12:14] == b"\x86\xdd" and len(f) >= 54 and f[14] >> 4 == 6 and f[20] == 41:
         return f[:14] + f[54:]
     return f
 

@@ -784,7 +784,7 @@ int mptcp_lb_decap(struct xdp_md *ctx)
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > data_end)
 			return XDP_PASS;
-		if (ip->protocol != LB_IPIP_PROTO || ip->ihl != 5 ||
+		if (ip->version != 4 || ip->protocol != LB_IPIP_PROTO || ip->ihl != 5 ||
 		    (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFMASK_)))
 			return XDP_PASS;
 		strip = sizeof(struct iphdr);
@@ -792,7 +792,7 @@ int mptcp_lb_decap(struct xdp_md *ctx)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > data_end)
 			return XDP_PASS;
-		if (ip6->nexthdr != LB_IP6IP6_PROTO)
+		if (ip6->version != 6 || ip6->nexthdr != LB_IP6IP6_PROTO)
 			return XDP_PASS;
 		strip = sizeof(struct ipv6hdr);
 	} else {

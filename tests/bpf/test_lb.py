@@ -355,6 +355,13 @@ def _assert_decap_restores(core, data: bytes) -> None:
     assert inner[14:] == data[14:]  # the client's IP packet, byte for byte
     verdict, _, same = test_run(decap, data, 1, 4096)
     assert (verdict, same) == (XDP_PASS, data)
+    # An outer header whose version nibble is not its EtherType's is not ours: untouched.
+    for version in (0, 4, 5, 6, 15):
+        if version == (out[14] >> 4):
+            continue
+        odd = out[:14] + bytes([(version << 4) | (out[14] & 0x0F)]) + out[15:]
+        verdict, _, same = test_run(decap, odd, 1, 4096)
+        assert (verdict, same) == (XDP_PASS, odd), version
 
 
 def test_backend_decapsulator_restores_the_clients_packet(lb):
