@@ -1,6 +1,9 @@
 """What the test-run benchmarks share: the command line (repeat, samples, quick, out)."""
 
 import argparse
+import datetime
+import os
+import platform
 from pathlib import Path
 
 
@@ -42,3 +45,10 @@ def finally_on_sigterm() -> None:
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def machine_facts() -> dict:
+    """What every results JSON starts with: when, on which kernel and machine."""
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "kernel": platform.release(), "machine": platform.machine(),
+            "cpus": os.cpu_count()}

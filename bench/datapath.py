@@ -6,9 +6,7 @@ writes bench/results/datapath.json. Run as root: `make bench` or `python -m benc
 (bench/results/datapath_breakdown.json)."""
 
 import ctypes as C
-import datetime
 import json
-import os
 import platform
 import statistics
 import sys
@@ -16,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import run_args
+from bench.common import machine_facts, run_args
 from controller import abi
 from controller.datapath import Program
 from controller.errors import DatapathError, MissingFeature
@@ -342,10 +340,7 @@ def render(rows: list[Row], repeat: int, samples: int):
 
 def report(rows: list[Row], repeat: int, samples: int, elapsed: float) -> dict:
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        **machine_facts(),
         "method": "BPF_PROG_TEST_RUN on XDP programs; per sample the kernel's mean ns per run"
                   " over `repeat` runs; baseline and datapath interleaved, median of samples",
         "repeat": repeat,

@@ -5,17 +5,14 @@ interleaved. Gbit/s per core = 1448 * 8 / ns per packet. Writes bench/results/ds
 Run as root: `python -m bench.dsscsum` (`--quick` for a smoke test)."""
 
 import ctypes as C
-import datetime
 import json
-import os
-import platform
 import statistics
 import struct
 import sys
 import time
 from pathlib import Path
 
-from bench.common import run_options
+from bench.common import machine_facts, run_options
 from controller import abi
 from controller.datapath import Program
 from controller.errors import DatapathError, MissingFeature
@@ -241,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine_facts(),
             "method": "BPF_PROG_TEST_RUN on XDP programs; per sample the kernel's mean ns per "
                       "run over `repeat` runs; programs interleaved (order rotated), median of "
                       "samples; the datapath is built with -DCSUM_RECHECK so every run checks",

@@ -7,7 +7,6 @@ any encapsulating LB pays under test-run. LB_BENCH_CFLAGS="-DNAME ..." builds a 
 mptcp_lb; --breakdown times bench builds that stop after each stage (-DLB_BENCH_STOP in
 bpf/mptcp_lb.c) in the same session: where the time goes (bench/results/lb_breakdown.json)."""
 
-import datetime
 import json
 import os
 import platform
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import run_args
+from bench.common import machine_facts, run_args
 from controller import crypto
 from controller.errors import DatapathError, MissingFeature
 from controller.libbpf import test_run
@@ -317,9 +316,7 @@ def main_breakdown(repeat: int, samples: int, out: Path | None) -> int:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine_facts(),
             "method": "BPF_PROG_TEST_RUN, as bench.lb; bench builds of bpf/mptcp_lb.c with"
                       " -DLB_BENCH_STOP=n return XDP_TX after stage n",
             "cflags": EXTRA_CFLAGS, "repeat": repeat, "samples": samples,
@@ -365,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine_facts(),
             "method": "BPF_PROG_TEST_RUN; per sample the kernel's mean ns per run over `repeat`"
                       " runs; baseline (swap MACs, XDP_TX), encap floor (push and pop an outer"
                       " IPv4 header) and mptcp_lb interleaved, median of samples. mptcp_lb is"

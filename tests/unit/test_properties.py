@@ -39,10 +39,11 @@ SERVER, PORT = "10.81.9.2", 5201
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
 
 
-def split_msg(data: bytes):
-    """(nlmsghdr fields, genl header, [(nla type, payload)]) of one recorded message."""
+def split_msg(data: bytes, fixed_len: int = 4):
+    """(nlmsghdr fields, fixed header, [(nla type, payload)]) of one recorded message; the
+    fixed header is genl's 4 bytes here (rtnetlink's vary by type)."""
     hdr = list(NLMSG_HDR.unpack_from(data))
-    genl, at, attrs = data[16:20], 20, []
+    genl, at, attrs = data[16 : 16 + fixed_len], 16 + fixed_len, []
     while at + 4 <= hdr[0]:
         nla_len, nla_type = struct.unpack_from("=HH", data, at)
         attrs.append((nla_type, data[at + 4 : at + nla_len]))

@@ -21,6 +21,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from test_daemon_dispatch import FakePM
 from test_diag import CLIENT, SERVER, SYNTHETIC
 from test_health import FALLBACK_SS, HEALTHY_SS
+from test_properties import NLMSG_HDR, join_msg, split_msg
 
 from cli.main import cli
 from controller import abi, daemon, datapath, diag, dssfix, health, lb, metrics, netmon, pcap
@@ -46,7 +47,6 @@ def one_line(e: Exception) -> bool:
 
 RTNL_DIR = Path(__file__).resolve().parent.parent / "data" / "rtnl_events"
 RECORDED = {p.stem: p.read_bytes() for p in sorted(RTNL_DIR.glob("*.bin"))}
-NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
 # Fixed header after the nlmsghdr, by message type: ifinfmsg, ifaddrmsg, rtmsg, fib_rule_hdr.
 FIXED = {16: 16, 17: 16, 20: 8, 21: 8, 24: 12, 25: 12, 32: 12}
 RTM_TYPES = (16, 17, 20, 21, 24, 25, 32)
@@ -56,23 +56,10 @@ RTNL_MUTATIONS = ("drop", "extra", "retype", "resize", "duplicate", "nested", "f
 
 def split_rtnl(data: bytes):
     """(nlmsghdr fields, fixed header, [(nla type with flags, payload)]) of one message."""
-    hdr = list(NLMSG_HDR.unpack_from(data))
-    fixed_len = FIXED[hdr[1]]
-    fixed, at, attrs = data[16 : 16 + fixed_len], 16 + fixed_len, []
-    while at + 4 <= hdr[0]:
-        nla_len, nla_type = struct.unpack_from("=HH", data, at)
-        attrs.append((nla_type, data[at + 4 : at + nla_len]))
-        at += (nla_len + 3) & ~3
-    return hdr, fixed, attrs
+    return split_msg(data, FIXED[NLMSG_HDR.unpack_from(data)[1]])
 
 
-def join_rtnl(hdr, fixed: bytes, attrs, fix_len: bool = True) -> bytes:
-    body = fixed
-    for nla_type, payload in attrs:
-        nla = struct.pack("=HH", 4 + len(payload), nla_type) + payload
-        body += nla + bytes(-len(nla) % 4)
-    length = 16 + len(body) if fix_len else hdr[0]
-    return NLMSG_HDR.pack(length, *hdr[1:]) + body
+join_rtnl = join_msg
 
 
 def test_recorded_rtnetlink_messages_survive_being_taken_apart_and_rebuilt():
@@ -1042,25 +1029,15 @@ listen_texts = st.one_of(
 
 # int() of a port that str.isdigit() accepts ('²') raised ValueError: `up` with
 # metrics = "²" in mptcpctl.toml, `lb up --vip 10.0.0.1:²`, tracebacks both.
+@pytest.mark.parametrize("parse", [metrics.parse_listen, lb.parse_vip],
+                         ids=["metrics", "lb-vip"])
 @PROPS
-@given(listen_texts)
-@example("²")
-@example("1.2.3.4:²")
-def test_metrics_listen_value_is_an_address_and_port_or_bad_input(text):
+@given(text=listen_texts)
+@example(text="²")
+@example(text="1.2.3.4:²")
+def test_an_address_and_port_value_parses_or_is_bad_input(parse, text):
     try:
-        addr, port = metrics.parse_listen(text)
-    except BadInput as e:
-        assert one_line(e)
-        return
-    assert ipaddress.ip_address(addr) and 1 <= port <= 65535
-
-
-@PROPS
-@given(listen_texts)
-@example("1.2.3.4:²")
-def test_lb_vip_is_an_address_and_port_or_bad_input(text):
-    try:
-        addr, port = lb.parse_vip(text)
+        addr, port = parse(text)
     except BadInput as e:
         assert one_line(e)
         return
