@@ -41,6 +41,9 @@ EVENT_LOG_LEN = 200
 LIMITS = {"subflows": 8, "add_addr_accepted": 8}
 # How often the Prometheus endpoint's values are refreshed from status(), seconds.
 METRICS_PERIOD_S = 1.0
+# At most one drain of the datapath's event ring per this many seconds: a flood of malformed
+# packets on the wire fills the ring (the datapath counts what it drops), not a CPU here.
+DP_EVENTS_PERIOD_S = 0.1
 
 
 def run_dir(ns: str | None) -> Path:
@@ -118,6 +121,7 @@ class Daemon:
         self.attachment: datapath.Attachment | None = None
         self.dp_events = None        # controller.dpevents.DatapathEvents with the datapath
         self.dp_log = dpevents.EventLog(time.monotonic)
+        self.next_dp_events = None   # when the ring, drained, is watched again
         # (FlowKey, local token) the datapath is yet to learn: written once per loop turn.
         self.pending_tokens: list = []
         self.dssfix = None           # controller.dssfix.DssFix with cfg.fix_dss_checksum
@@ -326,8 +330,13 @@ class Daemon:
 
     def _on_dp_events(self) -> None:
         """What the datapath saw on the wire that people should hear of (dpevents.describe),
-        once per subflow and kind; a DSS checksum mismatch is a health finding at once."""
+        once per subflow and kind; a DSS checksum mismatch is a health finding at once. Then
+        the ring rests for DP_EVENTS_PERIOD_S (the timer watches it again)."""
+        self.sel.unregister(self.dp_events)
+        self.next_dp_events = time.monotonic() + DP_EVENTS_PERIOD_S
         for ev in self.dp_events.read():
+            if ev.type not in dpevents.LOGGED:
+                continue
             iface = dpevents.ifname(ev.ifindex)
             said = dpevents.describe(ev, iface)
             if said is None:
@@ -615,10 +624,16 @@ class Daemon:
             due.append(self.next_metrics)
         if self.health is not None:
             due.append(self.next_health)
+        if self.next_dp_events is not None:
+            due.append(self.next_dp_events)
         return max(0.0, min(due) - now) if due else 1.0
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        if self.next_dp_events is not None and now >= self.next_dp_events:
+            self.next_dp_events = None
+            if self.dp_events is not None:
+                self.sel.register(self.dp_events, selectors.EVENT_READ, self._on_dp_events)
         if self.metrics is not None and now >= self.next_metrics:
             self.next_metrics = now + METRICS_PERIOD_S
             try:

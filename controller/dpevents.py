@@ -18,6 +18,10 @@ from .view import _addr
 from .view import _ifname as ifname
 
 EV = abi.EventType
+# The events describe() has words for; the rest (keys, joins, addresses, priorities) are the
+# controller's business and skipped before any decoding.
+LOGGED = frozenset({EV.EV_DSS_CSUM_BAD, EV.EV_MP_FAIL, EV.EV_FASTCLOSE, EV.EV_TCPRST,
+                    EV.EV_MALFORMED})
 # MP_TCPRST reason codes, RFC 8684 section 3.6.
 TCPRST_REASONS = {
     0: "unspecified error",
@@ -57,6 +61,8 @@ def _way(ev: abi.Event) -> str:
 def describe(ev: abi.Event, iface: str | None = None) -> tuple[str, str] | None:
     """(event-log kind, one-line detail) for an event people should see; None for the
     events that are the controller's business (keys, joins, addresses, priorities)."""
+    if ev.type not in LOGGED:
+        return None
     flow = flow_of(ev)
     where = f"{_subflow(flow)} ({iface or ifname(ev.ifindex)})"
     m = ev.opt

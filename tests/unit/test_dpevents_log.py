@@ -42,3 +42,44 @@ def test_malformed_notes_are_rate_limited_and_the_rest_counted():
 
 def test_every_tcprst_reason_of_rfc_8684_has_a_name():
     assert sorted(dpevents.TCPRST_REASONS) == list(range(7))
+
+
+class FakeRing:
+    """A ring with a readable fd (a pipe) and a queue of events."""
+
+    def __init__(self, events):
+        import os
+
+        self.r, self.w = os.pipe()
+        os.write(self.w, b"x")
+        self.events, self.reads = list(events), 0
+
+    def fileno(self):
+        return self.r
+
+    def read(self):
+        self.reads += 1
+        out, self.events = self.events, []
+        return out
+
+
+def test_the_daemon_drains_the_ring_at_most_once_per_period(monkeypatch):
+    """A flood of wire events costs the daemon one drain per DP_EVENTS_PERIOD_S, not a CPU."""
+    import selectors
+
+    from controller import abi, daemon
+    from controller.config import DaemonConfig
+
+    d = daemon.Daemon(DaemonConfig(datapath=False))
+    d.dp_events = FakeRing([abi.Event(type=abi.EventType.EV_MPC_KEYS)])
+    d.sel.register(d.dp_events, selectors.EVENT_READ, d._on_dp_events)
+    clock = [100.0]
+    monkeypatch.setattr(daemon.time, "monotonic", lambda: clock[0])
+    [(key, _)] = d.sel.select(0)
+    key.data()
+    assert d.dp_events.reads == 1 and d.sel.select(0) == []   # resting: not watched
+    assert d._next_timer() <= daemon.DP_EVENTS_PERIOD_S
+    assert not [e for e in d.events if e["event"] != "started"]   # keys are never noted
+    clock[0] += daemon.DP_EVENTS_PERIOD_S
+    d._run_timers()
+    assert [k.data for k, _ in d.sel.select(0)] == [d._on_dp_events]   # watched again
